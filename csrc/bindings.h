@@ -1,0 +1,21 @@
+/* Shared declarations for the glassbox._C bridge files (CPython side only). */
+#ifndef GLASSBOX_BINDINGS_H
+#define GLASSBOX_BINDINGS_H
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#ifndef GLASSBOX_NUMPY_IMPORT
+#define NO_IMPORT_ARRAY
+#endif
+#define PY_ARRAY_UNIQUE_SYMBOL glassbox_ARRAY_API
+#include <numpy/arrayobject.h>
+
+/* Kernel entry points for tests, one table per binding file, each ending in
+ * a {NULL} sentinel. module.c merges them into the module's method table. */
+extern PyMethodDef gb_gemm_methods[];
+extern PyMethodDef gb_ops_methods[];
+
+/* Engine class (engine_bindings.c). */
+extern PyTypeObject GbModelType;
+int gb_engine_bindings_init(PyObject *module);
+
+#endif

@@ -1,0 +1,166 @@
+/*
+ * glassbox compute kernels: pure C11, no Python.
+ *
+ * Conventions
+ *  - Every array is row-major fp32 unless its type says otherwise.
+ *  - Argument order: outputs first, then inputs, then weights, then sizes.
+ *  - Sizes and strides are int64_t (element counts, not bytes).
+ *  - Kernels parallelise internally with OpenMP (when compiled with it) over
+ *    independent rows / tiles: no reduction ever crosses threads, so results
+ *    are bitwise identical for any thread count.
+ *  - Each SIMD kernel has a scalar reference; the ISA is chosen once at start
+ *    (gb_cpu_init) from CPU features and may be forced with GLASSBOX_ISA.
+ */
+#ifndef GLASSBOX_KERNELS_H
+#define GLASSBOX_KERNELS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* ------------------------------------------------------------------ ISA */
+typedef enum {
+    GB_ISA_SCALAR = 0, /* portable C reference, every platform */
+    GB_ISA_AVX2 = 1,   /* x86-64 AVX2 + FMA */
+    GB_ISA_AVX512 = 2, /* x86-64 AVX-512F */
+    GB_ISA_COUNT
+} gb_isa;
+
+/* Pick the best ISA this CPU supports, unless the environment variable
+ * GLASSBOX_ISA (scalar|avx2|avx512) forces one. Idempotent. Returns the ISA
+ * chosen. A forced ISA the CPU lacks falls back to the best supported one and
+ * gb_isa_forced_error() returns a message saying so (NULL otherwise). */
+gb_isa gb_cpu_init(void);
+gb_isa gb_isa_current(void);
+const char *gb_isa_name(gb_isa isa);
+/* 1 if this CPU (and this build) can run `isa`. */
+int gb_isa_supported(gb_isa isa);
+/* Select an ISA at run time (tests). Returns 0 on success, -1 if unsupported. */
+int gb_isa_set(gb_isa isa);
+const char *gb_isa_forced_error(void);
+
+/* ----------------------------------------------------------------- GEMM */
+/* Weight element types. Only GB_F32 is implemented in the engine today; the
+ * others are the roadmap (widened / dequantised inside the packing step). */
+typedef enum { GB_F32 = 0, GB_BF16 = 1, GB_F16 = 2 } gb_dtype;
+
+/* A logical K x N right-hand matrix B, described without copying it.
+ *  trans == 0 ("x @ W", TransformerLens layout, possibly per-head):
+ *      B(k, n) = data[(n / group) * group_stride + k * ld + (n % group)]
+ *      plain [K, N] row-major: group = N, group_stride = 0, ld = N
+ *      TL per-head W_Q [H, D, d] seen as [D, H*d]: group = d,
+ *      group_stride = D*d, ld = d
+ *  trans == 1 ("x @ W^T", file layout [out, in] as in HF nn.Linear / GGUF):
+ *      B(k, n) = data[n * ld + k]
+ */
+typedef struct {
+    const void *data;
+    int dtype;   /* gb_dtype */
+    int trans;   /* 0 or 1, see above */
+    int64_t K, N;
+    int64_t ld;
+    int64_t group;        /* trans == 0 only */
+    int64_t group_stride; /* trans == 0 only */
+} gb_matrix;
+
+/* C[m, n] = (accumulate ? C[m, n] : 0) + sum_k A[m, k] * B(k, n) + bias[n]
+ * for m < M, n < B->N, k < B->K.  A has row stride lda, C row stride ldc.
+ * bias may be NULL. Returns 0, or -1 if out of memory (C then undefined). */
+int gb_gemm(float *C, int64_t ldc, const float *A, int64_t lda,
+            const gb_matrix *B, const float *bias, int64_t M, int accumulate);
+
+/* The same with a given ISA (tests compare each against GB_ISA_SCALAR). */
+int gb_gemm_isa(gb_isa isa, float *C, int64_t ldc, const float *A, int64_t lda,
+                const gb_matrix *B, const float *bias, int64_t M, int accumulate);
+
+/* ---------------------------------------------------------------- norms */
+/* Per row m of x [M, D] (row stride ldx):
+ *   center != 0 (LayerNorm):  c = x - mean(x);  scale = sqrt(mean(c^2) + eps)
+ *   center == 0 (RMSNorm):    c = x;            scale = sqrt(mean(x^2) + eps)
+ * writes centred[m, :] = c (row stride D; may alias x when ldx == D) and
+ * scale[m]. Sums accumulate in double. */
+void gb_norm_scale(float *centred, float *scale, const float *x, int64_t ldx,
+                   int64_t M, int64_t D, float eps, int center);
+/* out[m, d] = centred[m, d] / scale[m] * (w ? w[d] : 1) + (b ? b[d] : 0).
+ * out may alias centred. */
+void gb_norm_apply(float *out, const float *centred, const float *scale,
+                   const float *w, const float *b, int64_t M, int64_t D);
+
+/* ---------------------------------------------------------- activations */
+typedef enum {
+    GB_ACT_RELU = 0,
+    GB_ACT_GELU = 1,              /* exact erf GELU (torch F.gelu) */
+    GB_ACT_GELU_NEW = 2,          /* tanh approximation, as GPT-2 */
+    GB_ACT_GELU_FAST = 3,         /* TL gelu_fast */
+    GB_ACT_GELU_PYTORCH_TANH = 4, /* same formula as gelu_new */
+    GB_ACT_SILU = 5,
+    GB_ACT_COUNT
+} gb_act;
+/* out[i] = act(x[i]); out may alias x. */
+void gb_activation(float *out, const float *x, int64_t n, gb_act act);
+/* Gated MLP: out[i] = act(gate[i]) * up[i]; out may alias either input. */
+void gb_gated_activation(float *out, const float *gate, const float *up,
+                         int64_t n, gb_act act);
+
+/* -------------------------------------------------------------- helpers */
+/* out[i] = a[i] + b[i]; out may alias a or b. */
+void gb_add(float *out, const float *a, const float *b, int64_t n);
+/* out[m, :] = W_E[tokens[m], :] for m < M (tokens already range-checked). */
+void gb_embed(float *out, const float *W_E, const int64_t *tokens, int64_t M,
+              int64_t D);
+
+/* ----------------------------------------------------------------- RoPE */
+/* In-place rotary embedding on x: M rows (row stride ldx), each holding
+ * n_heads heads of d_head values (head h at column h * d_head).
+ * Only the first rotary_dim (even, <= d_head) values of each head rotate.
+ * angle(m, i) = (float)positions[m] * inv_freq[i], i < rotary_dim / 2,
+ * computed in fp32 as HF and TransformerLens do.
+ *  adjacent == 0 (HF LLaMA / GPT-NeoX half split): pairs (x[i], x[i + R/2])
+ *  adjacent == 1 (GPT-J / Meta): pairs (x[2i], x[2i + 1])
+ * out_a = a cos - b sin;  out_b = b cos + a sin. */
+void gb_rope(float *x, int64_t ldx, int64_t M, int64_t n_heads, int64_t d_head,
+             int64_t rotary_dim, const int64_t *positions,
+             const float *inv_freq, int adjacent);
+
+/* ------------------------------------------------------------ attention */
+/* Attention for B sequences, H query heads and G key/value heads (H % G == 0;
+ * query head h reads kv head h / (H / G), never copying K/V per query head).
+ *   q: [B*P, ldq], head h at column h*d;   k, v: [B*K, ldk] / [B*K, ldv],
+ *   kv head g at column g*d.  Query i of sequence b sits at key index
+ *   i + (K - P) (so K == P without a KV cache).
+ * Mask: key j is visible to query i iff  j <= i + (K - P)   (causal)
+ *   and (key_mask == NULL || key_mask[b*K + j] != 0)        (padding)
+ *   and (window <= 0 || (i + K - P) - j < window)           (sliding window)
+ * scores = q.k * inv_scale, masked entries -inf; pattern = softmax over keys
+ * with the row maximum subtracted; a row with no visible key gets pattern 0
+ * (TransformerLens turns its NaN rows into 0); z[b*P+i, h*d:] = pattern @ v.
+ * Outputs scores / pattern are [B, H, P, K] and may be NULL (not wanted);
+ * z is [B*P, ldz] and may be NULL (not wanted). */
+typedef struct {
+    int64_t B, P, K, H, G, d;
+    int64_t ldq, ldk, ldv, ldz;
+    float inv_scale;
+    int64_t window;         /* <= 0: no sliding window */
+    const int32_t *key_mask; /* [B, K] or NULL */
+} gb_attn_shape;
+
+/* One call: scores, softmax, z; materialises scores/pattern only when the
+ * pointers are non-NULL (otherwise per-thread scratch). Returns 0 or -1 on OOM. */
+int gb_attention(float *z, float *scores, float *pattern, const float *q,
+                 const float *k, const float *v, const gb_attn_shape *s);
+/* Split steps, for when a hook may edit scores or pattern in between. */
+void gb_attn_scores(float *scores, const float *q, const float *k,
+                    const gb_attn_shape *s);
+/* pattern = masked softmax of scores (both [B, H, P, K]); entries that are
+ * -inf (or NaN rows) give 0.  pattern may alias scores. */
+void gb_attn_softmax(float *pattern, const float *scores, const gb_attn_shape *s);
+void gb_attn_apply(float *z, const float *pattern, const float *v,
+                   const gb_attn_shape *s);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* GLASSBOX_KERNELS_H */

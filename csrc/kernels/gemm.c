@@ -1,0 +1,432 @@
+/*
+ * GEMM: C[M, N] = (accumulate ? C : 0) + A[M, K] . B(K, N) + bias[N]
+ *
+ * This file holds
+ *  - the scalar reference (GB_ISA_SCALAR): plain loops, fp32 sums in k order;
+ *    it is the oracle the SIMD paths are tested against and the only path on
+ *    non-x86 builds;
+ *  - B packing: any gb_matrix layout / dtype -> fp32 panels [kc][NR] with the
+ *    columns past N zero-padded (bf16 / f16 are widened here, so the
+ *    microkernels only ever see fp32);
+ *  - the blocked driver (GotoBLAS/BLIS style) shared by the SIMD paths, which
+ *    supply a "panel" function (gemm_avx2.c, gemm_avx512.c) that runs their
+ *    register-blocked microkernel over rows of A against one packed panel.
+ *
+ * Blocking (per ISA: MR x NR register tile, KC depth):
+ *   for each K block [k0, k0 + kc)                (sequential, all threads)
+ *     parallel for over items (M chunk mc, N panel j), static schedule
+ *       pack B(k0:k0+kc, j*NR : j*NR+NR) -> per-thread buffer [kc][NR] (L1/L2)
+ *       for each MR-row tile of chunk mc: microkernel (kc x NR panel)
+ *   The A block of a chunk (rows x kc) stays in L2 while a thread walks its
+ *   panels.  Microkernels start their accumulators from C for every K block
+ *   after the first, so each C element is one unbroken FMA chain over k:
+ *   results depend on neither KC nor the thread count nor the partition
+ *   (every C element is written by exactly one thread per K block).
+ */
+#include <stdlib.h>
+#include <string.h>
+
+#include "kernels.h"
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+/* ------------------------------------------------------- element widening */
+
+static inline float bf16_to_f32(uint16_t h) {
+    uint32_t bits = (uint32_t)h << 16; /* bf16 is the top half of an fp32 */
+    float f;
+    memcpy(&f, &bits, sizeof f);
+    return f;
+}
+
+/* IEEE 754 binary16 -> binary32, exact for every input (portable C). */
+static inline float f16_to_f32(uint16_t h) {
+    uint32_t sign = (uint32_t)(h & 0x8000u) << 16;
+    uint32_t exp = (h >> 10) & 0x1fu;
+    uint32_t mant = h & 0x3ffu;
+    uint32_t bits;
+    if (exp == 0) {
+        if (mant == 0) {
+            bits = sign; /* +-0 */
+        } else {
+            /* subnormal: mant * 2^-24, exact in fp32 */
+            float f = (float)mant * 5.9604644775390625e-8f;
+            memcpy(&bits, &f, sizeof bits);
+            bits |= sign;
+        }
+    } else if (exp == 31) {
+        bits = sign | 0x7f800000u | (mant << 13); /* inf, nan (payload kept) */
+    } else {
+        bits = sign | ((exp + (127 - 15)) << 23) | (mant << 13);
+    }
+    float f;
+    memcpy(&f, &bits, sizeof f);
+    return f;
+}
+
+/* B element at flat offset `off` of B->data, widened to fp32. */
+static inline float load_elem(const void *data, int dtype, int64_t off) {
+    switch (dtype) {
+    case GB_BF16:
+        return bf16_to_f32(((const uint16_t *)data)[off]);
+    case GB_F16:
+        return f16_to_f32(((const uint16_t *)data)[off]);
+    default:
+        return ((const float *)data)[off];
+    }
+}
+
+/* Flat offset of B(k, n) (see gb_matrix in kernels.h). */
+static inline int64_t b_offset(const gb_matrix *B, int64_t k, int64_t n) {
+    if (B->trans) return n * B->ld + k;
+    return (n / B->group) * B->group_stride + k * B->ld + (n % B->group);
+}
+
+static int dtype_ok(int dtype) {
+    return dtype == GB_F32 || dtype == GB_BF16 || dtype == GB_F16;
+}
+
+/* ------------------------------------------------------ scalar reference */
+
+/* Oracle: each C element is an fp32 sum over k in increasing order, then
+ * C = (accumulate ? C : 0) + sum + bias.  Rows are independent, so OpenMP
+ * over rows does not change results. */
+static int gemm_scalar(float *C, int64_t ldc, const float *A, int64_t lda,
+                       const gb_matrix *B, const float *bias, int64_t M,
+                       int accumulate) {
+    const int64_t K = B->K, N = B->N;
+    const void *data = B->data;
+    const int dtype = B->dtype;
+    if (B->trans) {
+        /* B(k, n) = data[n*ld + k]: a dot product along contiguous memory. */
+#ifdef _OPENMP
+#pragma omp parallel for schedule(static) if (M * N * K > 100000)
+#endif
+        for (int64_t m = 0; m < M; m++) {
+            const float *a = A + m * lda;
+            float *c = C + m * ldc;
+            for (int64_t n = 0; n < N; n++) {
+                float s = 0.0f;
+                for (int64_t k = 0; k < K; k++)
+                    s += a[k] * load_elem(data, dtype, n * B->ld + k);
+                float out = accumulate ? c[n] + s : s;
+                c[n] = bias ? out + bias[n] : out;
+            }
+        }
+        return 0;
+    }
+    /* trans == 0: walk B row by row (contiguous within a group) and keep the
+     * per-column sums in a row buffer; same summation order as above. */
+    int nthreads = 1;
+#ifdef _OPENMP
+    nthreads = omp_get_max_threads();
+#endif
+    float *sums = malloc((size_t)nthreads * (size_t)(N > 0 ? N : 1) * sizeof(float));
+    if (!sums) return -1;
+#ifdef _OPENMP
+#pragma omp parallel for schedule(static) if (M * N * K > 100000)
+#endif
+    for (int64_t m = 0; m < M; m++) {
+        int tid = 0;
+#ifdef _OPENMP
+        tid = omp_get_thread_num();
+#endif
+        float *s = sums + (int64_t)tid * N;
+        const float *a = A + m * lda;
+        float *c = C + m * ldc;
+        for (int64_t n = 0; n < N; n++) s[n] = 0.0f;
+        for (int64_t k = 0; k < K; k++) {
+            const float ak = a[k];
+            for (int64_t n = 0; n < N; n++)
+                s[n] += ak * load_elem(data, dtype, b_offset(B, k, n));
+        }
+        for (int64_t n = 0; n < N; n++) {
+            float out = accumulate ? c[n] + s[n] : s[n];
+            c[n] = bias ? out + bias[n] : out;
+        }
+    }
+    free(sums);
+    return 0;
+}
+
+/* ------------------------------------------------------------- B packing */
+
+#define GB_MAX_NR 64
+
+/* dst[k*NR + j] = B(k0 + k, n0 + j) widened to fp32, for k < kc, j < nr;
+ * dst[k*NR + j] = 0 for nr <= j < NR (edge panel padding). */
+static void pack_panel(float *restrict dst, const gb_matrix *B, int64_t k0,
+                       int64_t kc, int64_t n0, int64_t nr, int64_t NR) {
+    const int dtype = B->dtype;
+    const void *data = B->data;
+    if (nr < NR)
+        for (int64_t k = 0; k < kc; k++)
+            for (int64_t j = nr; j < NR; j++) dst[k * NR + j] = 0.0f;
+
+    if (B->trans) {
+        /* Source rows n are contiguous in k: read each row once and scatter
+         * it down column j of the panel (the panel sits in L1). */
+        for (int64_t j = 0; j < nr; j++) {
+            const int64_t base = (n0 + j) * B->ld + k0;
+            float *d = dst + j;
+            switch (dtype) {
+            case GB_F32: {
+                const float *s = (const float *)data + base;
+                for (int64_t k = 0; k < kc; k++) d[k * NR] = s[k];
+                break;
+            }
+            case GB_BF16: {
+                const uint16_t *s = (const uint16_t *)data + base;
+                for (int64_t k = 0; k < kc; k++) d[k * NR] = bf16_to_f32(s[k]);
+                break;
+            }
+            default: {
+                const uint16_t *s = (const uint16_t *)data + base;
+                for (int64_t k = 0; k < kc; k++) d[k * NR] = f16_to_f32(s[k]);
+                break;
+            }
+            }
+        }
+        return;
+    }
+
+    /* trans == 0.  Column n lives at (n / group) * group_stride + n % group
+     * plus k * ld.  When the panel's columns are consecutive in memory (all
+     * in one group: the plain [K, N] case and most per-head panels) each k is
+     * a contiguous row copy; otherwise gather through per-column offsets. */
+    int64_t off[GB_MAX_NR];
+    int contiguous = 1;
+    for (int64_t j = 0; j < nr; j++) {
+        const int64_t n = n0 + j;
+        off[j] = (n / B->group) * B->group_stride + (n % B->group);
+        if (off[j] != off[0] + j) contiguous = 0;
+    }
+    for (int64_t k = 0; k < kc; k++) {
+        const int64_t row = (k0 + k) * B->ld;
+        float *restrict d = dst + k * NR;
+        if (contiguous) {
+            const int64_t base = row + off[0];
+            switch (dtype) {
+            case GB_F32:
+                memcpy(d, (const float *)data + base, (size_t)nr * sizeof(float));
+                break;
+            case GB_BF16: {
+                const uint16_t *s = (const uint16_t *)data + base;
+                for (int64_t j = 0; j < nr; j++) d[j] = bf16_to_f32(s[j]);
+                break;
+            }
+            default: {
+                const uint16_t *s = (const uint16_t *)data + base;
+                for (int64_t j = 0; j < nr; j++) d[j] = f16_to_f32(s[j]);
+                break;
+            }
+            }
+        } else {
+            for (int64_t j = 0; j < nr; j++) d[j] = load_elem(data, dtype, row + off[j]);
+        }
+    }
+}
+
+/* -------------------------------------------------- SIMD panel functions */
+
+/* A panel function computes, for rows [0, m) of packed A (see pack_a) and
+ * one kc x NR panel of B (row stride ldb: NR when packed), the nr <= NR valid
+ * columns of C:  C = (load ? C : 0) + A . Bpanel  (+ bias if bias != NULL),
+ * continuing the FMA chain from C when load != 0.  Defined in the ISA files;
+ * the prototype there must match this one. */
+typedef void (*gb_gemm_panel_fn)(const float *Bp, int64_t ldb, int64_t kc,
+                                 int64_t nr, const float *Ap, int64_t m,
+                                 float *C, int64_t ldc, int load,
+                                 const float *bias);
+
+typedef struct {
+    gb_gemm_panel_fn panel;
+    int64_t mr, nr, kc; /* register tile MR x NR, K block */
+    int64_t mc;         /* max rows per M chunk (A block of mc x kc in L2) */
+} gb_gemm_kernel;
+
+#if defined(__x86_64__) && defined(__GNUC__)
+void gb_gemm_panel_avx2(const float *Bp, int64_t ldb, int64_t kc, int64_t nr,
+                        const float *Ap, int64_t m, float *C, int64_t ldc,
+                        int load, const float *bias);
+void gb_gemm_panel_avx512(const float *Bp, int64_t ldb, int64_t kc, int64_t nr,
+                          const float *Ap, int64_t m, float *C, int64_t ldc,
+                          int load, const float *bias);
+void gb_gemm_dot_avx2(float *C, int64_t ldc, const float *A, int64_t lda,
+                      const float *W, int64_t ldw, int64_t M, int64_t K,
+                      int64_t n0, int64_t n1, int accumulate, const float *bias);
+
+/* Small-M fp32 x @ W^T on AVX2: dot products over column blocks of 64 (no
+ * packing, W read once, contiguously).  Each C element is computed by one
+ * thread in a fixed order. */
+static int gemm_dot_avx2(float *C, int64_t ldc, const float *A, int64_t lda,
+                         const gb_matrix *B, const float *bias, int64_t M,
+                         int accumulate) {
+    const int64_t N = B->N, NB = 64, nblocks = (N + NB - 1) / NB;
+#ifdef _OPENMP
+#pragma omp parallel for schedule(static) if (M * N * B->K >= 200000)
+#endif
+    for (int64_t blk = 0; blk < nblocks; blk++) {
+        const int64_t n0 = blk * NB, n1 = n0 + NB < N ? n0 + NB : N;
+        gb_gemm_dot_avx2(C, ldc, A, lda, (const float *)B->data, B->ld, M, B->K, n0,
+                         n1, accumulate, bias);
+    }
+    return 0;
+}
+
+/* Tile shapes; gemm_avx2.c / gemm_avx512.c hard-code the same MR and NR. */
+#ifndef GB_AVX2_KC /* overridable for tuning experiments only */
+#define GB_AVX2_KC 384
+#define GB_AVX2_MC 480
+#endif
+static const gb_gemm_kernel kernel_avx2 = {gb_gemm_panel_avx2, 6, 16, GB_AVX2_KC, GB_AVX2_MC};
+static const gb_gemm_kernel kernel_avx512 = {gb_gemm_panel_avx512, 8, 48, 384, 192};
+#endif
+
+static int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+/* Pack rows [0, rows) x columns [0, kc) of A (row stride lda) as MR-row
+ * micro-panels: dst[(i / MR) * kc * MR + k * MR + i % MR] = A[i, k], rows past
+ * `rows` zero.  The microkernel then broadcasts from one sequential stream
+ * instead of MR strided rows. */
+static void pack_a(float *restrict dst, const float *A, int64_t lda,
+                   int64_t rows, int64_t kc, int64_t MR) {
+    for (int64_t i0 = 0; i0 < rows; i0 += MR) {
+        float *restrict d = dst + i0 * kc;
+        const int64_t mr = rows - i0 < MR ? rows - i0 : MR;
+        for (int64_t r = 0; r < mr; r++) {
+            const float *a = A + (i0 + r) * lda;
+            for (int64_t k = 0; k < kc; k++) d[k * MR + r] = a[k];
+        }
+        for (int64_t r = mr; r < MR; r++)
+            for (int64_t k = 0; k < kc; k++) d[k * MR + r] = 0.0f;
+    }
+}
+
+static int gemm_blocked(const gb_gemm_kernel *kern, float *C, int64_t ldc,
+                        const float *A, int64_t lda, const gb_matrix *B,
+                        const float *bias, int64_t M, int accumulate) {
+    const int64_t K = B->K, N = B->N;
+    const int64_t MR = kern->mr, NR = kern->nr, KC = kern->kc;
+    int nthreads = 1;
+#ifdef _OPENMP
+    nthreads = omp_get_max_threads();
+    if (M * N * K < 200000) nthreads = 1; /* not worth a fork/join */
+#endif
+    const int64_t npanels = ceil_div(N, NR);
+    /* M chunks: enough to bound the A block to mc rows, and (when there are
+     * few panels) enough to give every thread work.  The partition never
+     * changes results, only who computes what. */
+    int64_t nmc = ceil_div(M, kern->mc);
+    const int64_t want = ceil_div(2 * (int64_t)nthreads, npanels);
+    if (nmc < want) nmc = want;
+    if (nmc > ceil_div(M, MR)) nmc = ceil_div(M, MR);
+    const int64_t mchunk = ceil_div(ceil_div(M, nmc), MR) * MR;
+    nmc = ceil_div(M, mchunk);
+    const int64_t nitems = nmc * npanels;
+
+    /* Small M: a plain fp32 [K, N] (or in-group) panel can be read in place
+     * (row stride ld) by a single pass of the microkernel, so packing would
+     * only add traffic.  Larger M reuses the panel and packs it (contiguous,
+     * aligned, no cache-set conflicts from a power-of-two-ish ld). */
+    const int direct_ok = M <= MR && B->dtype == GB_F32 && !B->trans;
+
+    /* Per thread, 64-byte aligned: a B panel [KC][NR] and an A block
+     * [mchunk][KC] (packed as MR-row micro-panels). */
+    const size_t bfl = (size_t)(KC * NR), afl = (size_t)(mchunk * KC);
+    const size_t per_thread = (bfl + afl + 15) / 16 * 16; /* keep 64 B alignment */
+    float *bufs = aligned_alloc(64, (size_t)nthreads * per_thread * sizeof(float));
+    if (!bufs) return -1;
+
+#ifdef _OPENMP
+#pragma omp parallel num_threads(nthreads)
+#endif
+    {
+        int tid = 0;
+#ifdef _OPENMP
+        tid = omp_get_thread_num();
+#endif
+        float *bbuf = bufs + (size_t)tid * per_thread;
+        float *abuf = bbuf + bfl;
+        for (int64_t k0 = 0; k0 < K; k0 += KC) {
+            const int64_t kc = K - k0 < KC ? K - k0 : KC;
+            const int load = k0 > 0 || accumulate;
+            const float *bias_here = (k0 + kc == K) ? bias : NULL;
+            int64_t packed_mc = -1; /* which M chunk abuf holds for this k0 */
+#ifdef _OPENMP
+#pragma omp for schedule(static)
+#endif
+            for (int64_t item = 0; item < nitems; item++) {
+                /* chunk-major: a thread's consecutive items share an A block */
+                const int64_t mc = item / npanels, j = item % npanels;
+                const int64_t m0 = mc * mchunk;
+                const int64_t rows = M - m0 < mchunk ? M - m0 : mchunk;
+                const int64_t n0 = j * NR;
+                const int64_t nr = N - n0 < NR ? N - n0 : NR;
+                if (mc != packed_mc) {
+                    pack_a(abuf, A + m0 * lda + k0, lda, rows, kc, MR);
+                    packed_mc = mc;
+                }
+                const float *Bp = bbuf;
+                int64_t ldb = NR;
+                int direct = 0;
+                if (direct_ok && nr == NR) {
+                    const int64_t g0 = n0 / B->group, g1 = (n0 + NR - 1) / B->group;
+                    direct = g0 == g1;
+                }
+                if (direct) {
+                    Bp = (const float *)B->data + (n0 / B->group) * B->group_stride +
+                         k0 * B->ld + n0 % B->group;
+                    ldb = B->ld;
+                } else {
+                    pack_panel(bbuf, B, k0, kc, n0, nr, NR);
+                }
+                kern->panel(Bp, ldb, kc, nr, abuf, rows, C + m0 * ldc + n0, ldc,
+                            load, bias_here ? bias_here + n0 : NULL);
+            }
+        }
+    }
+    free(bufs);
+    return 0;
+}
+
+/* ---------------------------------------------------------- entry points */
+
+int gb_gemm_isa(gb_isa isa, float *C, int64_t ldc, const float *A, int64_t lda,
+                const gb_matrix *B, const float *bias, int64_t M, int accumulate) {
+    if (!B || !dtype_ok(B->dtype) || M < 0 || B->K < 0 || B->N < 0) return -1;
+    if (!B->trans && B->N > 0 && B->group <= 0) return -1;
+    if (M == 0 || B->N == 0) return 0;
+    if (B->K == 0) {
+        /* empty sum: C = (accumulate ? C : 0) + bias */
+        for (int64_t m = 0; m < M; m++)
+            for (int64_t n = 0; n < B->N; n++) {
+                float out = accumulate ? C[m * ldc + n] : 0.0f;
+                C[m * ldc + n] = bias ? out + bias[n] : out;
+            }
+        return 0;
+    }
+    switch (isa) {
+    case GB_ISA_SCALAR:
+        return gemm_scalar(C, ldc, A, lda, B, bias, M, accumulate);
+#if defined(__x86_64__) && defined(__GNUC__)
+    case GB_ISA_AVX2:
+        if (!gb_isa_supported(GB_ISA_AVX2)) return -1;
+        if (B->trans && B->dtype == GB_F32 && M <= 4)
+            return gemm_dot_avx2(C, ldc, A, lda, B, bias, M, accumulate);
+        return gemm_blocked(&kernel_avx2, C, ldc, A, lda, B, bias, M, accumulate);
+    case GB_ISA_AVX512:
+        if (!gb_isa_supported(GB_ISA_AVX512)) return -1;
+        return gemm_blocked(&kernel_avx512, C, ldc, A, lda, B, bias, M, accumulate);
+#endif
+    default:
+        return -1; /* an ISA this build cannot run */
+    }
+}
+
+int gb_gemm(float *C, int64_t ldc, const float *A, int64_t lda, const gb_matrix *B,
+            const float *bias, int64_t M, int accumulate) {
+    return gb_gemm_isa(gb_isa_current(), C, ldc, A, lda, B, bias, M, accumulate);
+}

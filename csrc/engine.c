@@ -1,0 +1,514 @@
+/*
+ * The forward pass. One function per stage (embed, attention block, MLP
+ * block, final norm and unembed), each a flat list of kernel calls with the
+ * hook points in TransformerLens's firing order between them.
+ *
+ * Shapes: M = B * P rows (batch-major); D d_model, H query heads, G kv heads,
+ * d d_head, Dm d_mlp, V d_vocab_out.  Activations are row-major [M, ...], which
+ * is exactly TransformerLens's [batch, pos, ...] layout, so a hook sees the
+ * engine's buffer without any transposition -- except attention scores and
+ * pattern, which the attention kernels keep in TL's [B, H, P, K] order.
+ */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include <stdio.h>
+
+#include "engine.h"
+
+#define GB_SITE_INFO(e, n, p) {n, p},
+const gb_site_info gb_sites[GB_SITE_COUNT] = {GB_SITE_LIST(GB_SITE_INFO)};
+#undef GB_SITE_INFO
+
+_Static_assert(GB_SITE_COUNT == 32, "hook-site table and enum out of step");
+
+/* ------------------------------------------------------------ run state */
+typedef struct {
+    const gb_config *cfg;
+    const gb_weights *w;
+    const gb_plan *plan;
+    const gb_run *run;
+    int64_t B, P, M;
+    int64_t *positions; /* [M], owned when the run gave none */
+    int64_t ln_rows;    /* rows of one ln1 output: M, or M * max(H, G) with per-head inputs */
+    /* scratch, allocated once per run */
+    float *resid;   /* [M, D] */
+    float *tmp;     /* [M, D]: embed / attn_out / mlp_out / norm scratch */
+    float *normed;  /* [3][ln_rows, D]: ln1 outputs for q, k, v (or [1][M, D]) */
+    float *scale;   /* [3][ln_rows] */
+    float *heads_in;/* [3][M * nh_max * D]: attn_in / q,k,v split inputs */
+    float *q, *k, *v, *z; /* [M, H*d], [M, G*d], [M, G*d], [M, H*d] */
+    float *scores, *pattern; /* [B, H, P, P] when a hook calls back there */
+    float *result;  /* [M, H, D] when use_attn_result */
+    float *mlp_a, *mlp_b; /* [M, Dm] each */
+} gb_state;
+
+static inline int64_t slot(const gb_state *s, int site, int64_t layer) {
+    return (int64_t)site * (s->cfg->n_layers + 1) + (layer + 1);
+}
+static inline int mode_of(const gb_state *s, int site, int64_t layer) {
+    return s->plan && s->plan->mode ? s->plan->mode[slot(s, site, layer)] : GB_HOOK_NONE;
+}
+
+/* Fire a hook point: copy into the cache, or call back. `last` is 0 for the
+ * first two of ln1's three calls (the cache keeps the last one, as TL's does). */
+static int fire(gb_state *s, int site, int64_t layer, int call_index, float *data, int ndim,
+                const int64_t *shape, int last) {
+    int mode = mode_of(s, site, layer);
+    if (mode == GB_HOOK_NONE) return 0;
+    int64_t n = 1;
+    for (int i = 0; i < ndim; i++) n *= shape[i];
+    if (mode == GB_HOOK_CACHE) {
+        if (last) memcpy(s->plan->cache[slot(s, site, layer)], data, (size_t)n * sizeof(float));
+        return 0;
+    }
+    return s->plan->call(s->plan->ctx, site, (int)layer, call_index, data, ndim, shape) ? -1 : 0;
+}
+
+static int fire3(gb_state *s, int site, int64_t layer, float *data, int64_t a, int64_t b,
+                 int64_t c) {
+    int64_t shape[3] = {a, b, c};
+    return fire(s, site, layer, 0, data, 3, shape, 1);
+}
+static int fire4(gb_state *s, int site, int64_t layer, int call_index, float *data, int64_t a,
+                 int64_t b, int64_t c, int64_t d, int last) {
+    int64_t shape[4] = {a, b, c, d};
+    return fire(s, site, layer, call_index, data, 4, shape, last);
+}
+
+static void *xmalloc(size_t n, int *failed) {
+    if (n == 0) n = 1;
+    void *p = aligned_alloc(64, (n + 63) / 64 * 64);
+    if (!p) *failed = 1;
+    return p;
+}
+
+/* out[m, :] = x[m, :] * w + b (norm's affine part, after hook_normalized). */
+static void affine(float *out, const float *x, const float *w, const float *b, int64_t rows,
+                   int64_t D) {
+    if (!w && !b) {
+        if (out != x) memcpy(out, x, (size_t)(rows * D) * sizeof(float));
+        return;
+    }
+#ifdef _OPENMP
+#pragma omp parallel for schedule(static) if (rows * D > 32768)
+#endif
+    for (int64_t m = 0; m < rows; m++) {
+        const float *xr = x + m * D;
+        float *o = out + m * D;
+        for (int64_t i = 0; i < D; i++) o[i] = xr[i] * (w ? w[i] : 1.0f) + (b ? b[i] : 0.0f);
+    }
+}
+
+static int norm_centres(int type) { return type == GB_NORM_LN || type == GB_NORM_LNPRE; }
+
+/* One norm application on `rows` = M * nh rows of width D (nh = 1 for the
+ * residual, nh heads for TL's per-head attn_in / split q,k,v inputs):
+ * x -> out, firing hook_scale [B, P, (nh,) 1] and hook_normalized
+ * [B, P, (nh,) D] (the unit-scale vector, before the affine w, b: TL's
+ * order).  With no hook calling back, the fused kernel runs. */
+static int apply_norm(gb_state *s, int type, const float *w, const float *b, float *out,
+                      float *scale, const float *x, int64_t nh, int site_scale,
+                      int site_norm, int64_t layer, int call_index, int last) {
+    const int64_t D = s->cfg->d_model, rows = s->M * nh;
+    if (type == GB_NORM_NONE) {
+        if (out != x) memcpy(out, x, (size_t)(rows * D) * sizeof(float));
+        return 0;
+    }
+    if (type == GB_NORM_LNPRE || type == GB_NORM_RMSPRE) w = b = NULL;
+    gb_norm_scale(out, scale, x, D, rows, D, s->cfg->eps, norm_centres(type));
+    int ms = mode_of(s, site_scale, layer), mn = mode_of(s, site_norm, layer);
+    if (ms == GB_HOOK_NONE && mn == GB_HOOK_NONE) {
+        gb_norm_apply(out, out, scale, w, b, rows, D);
+        return 0;
+    }
+    int nd = nh == 1 ? 3 : 4;
+    int64_t sh_scale[4] = {s->B, s->P, nh, 1}, sh_norm[4] = {s->B, s->P, nh, D};
+    if (nh == 1) {
+        sh_scale[2] = 1;
+        sh_norm[2] = D;
+    }
+    if (fire(s, site_scale, layer, call_index, scale, nd, sh_scale, last)) return -1;
+    gb_norm_apply(out, out, scale, NULL, NULL, rows, D);
+    if (fire(s, site_norm, layer, call_index, out, nd, sh_norm, last)) return -1;
+    affine(out, out, w, b, rows, D);
+    return 0;
+}
+
+/* Columns [h*d, (h+1)*d) of a [K, N] weight: head h's [K, d] block. */
+static gb_matrix head_block(const gb_matrix *W, int64_t h, int64_t d) {
+    gb_matrix m = *W;
+    const size_t esize = W->dtype == GB_F32 ? 4 : 2;
+    int64_t offset;
+    if (W->trans) {
+        offset = h * d * W->ld;               /* rows of the [N, K] storage */
+    } else if (W->group == d) {
+        offset = h * W->group_stride;         /* per-head [H, K, d] storage */
+    } else {
+        offset = h * d;                       /* plain [K, N] storage */
+    }
+    m.data = (const char *)W->data + (size_t)offset * esize;
+    m.N = d;
+    if (!W->trans) {
+        m.group = d;
+        m.group_stride = 0;
+    }
+    return m;
+}
+
+/* Rows [h*d, (h+1)*d) of a [K, N] weight (W_O's head h, for hook_result). */
+static gb_matrix head_rows(const gb_matrix *W, int64_t h, int64_t d) {
+    gb_matrix m = *W;
+    const size_t esize = W->dtype == GB_F32 ? 4 : 2;
+    int64_t offset = W->trans ? h * d : h * d * W->ld;
+    m.data = (const char *)W->data + (size_t)offset * esize;
+    m.K = d;
+    return m;
+}
+
+/* --------------------------------------------------------------- stages */
+static int embed_stage(gb_state *s) {
+    const gb_config *c = s->cfg;
+    const int64_t D = c->d_model, M = s->M;
+    gb_embed(s->resid, s->w->W_E, s->run->tokens, M, D);
+    if (fire3(s, GB_SITE_EMBED, -1, s->resid, s->B, s->P, D)) return -1;
+    if (c->pos == GB_POS_STANDARD) {
+        float *pe = s->tmp;
+        for (int64_t m = 0; m < M; m++) {
+            if (s->run->attn_mask && !s->run->attn_mask[m])
+                memset(pe + m * D, 0, (size_t)D * sizeof(float));
+            else
+                memcpy(pe + m * D, s->w->W_pos + s->positions[m] * D, (size_t)D * sizeof(float));
+        }
+        if (fire3(s, GB_SITE_POS_EMBED, -1, pe, s->B, s->P, D)) return -1;
+        gb_add(s->resid, s->resid, pe, M * D);
+    }
+    return 0;
+}
+
+/* y[:, head h] = x_h @ W[h] + b[h] for per-head inputs x [M, nh, D]. */
+static int project_per_head(float *y, const float *x, const gb_matrix *W, const float *bias,
+                            int64_t M, int64_t nh, int64_t D, int64_t d) {
+    for (int64_t h = 0; h < nh; h++) {
+        gb_matrix Wh = head_block(W, h, d);
+        if (gb_gemm(y + h * d, nh * d, x + h * D, nh * D, &Wh, bias ? bias + h * d : NULL, M, 0))
+            return -2;
+    }
+    return 0;
+}
+
+static int attention_stage(gb_state *s, int64_t l) {
+    const gb_config *c = s->cfg;
+    const gb_layer_weights *lw = &s->w->layers[l];
+    const int64_t D = c->d_model, H = c->n_heads, G = c->n_kv_heads, d = c->d_head;
+    const int64_t M = s->M, B = s->B, P = s->P;
+    const int64_t nh_max = H > G ? H : G;
+    int rc;
+
+    /* q, k, v inputs: shared residual, or per-head copies (attn_in / split). */
+    const float *in[3] = {s->resid, s->resid, s->resid};
+    int64_t nh[3] = {1, 1, 1};
+    if (c->use_attn_in) {
+        float *a = s->heads_in;
+        for (int64_t m = 0; m < M; m++)
+            for (int64_t h = 0; h < H; h++)
+                memcpy(a + (m * H + h) * D, s->resid + m * D, (size_t)D * sizeof(float));
+        if (fire4(s, GB_SITE_ATTN_IN, l, 0, a, B, P, H, D, 1)) return -1;
+        for (int i = 0; i < 3; i++) { in[i] = a; nh[i] = H; }
+    }
+    if (c->use_split_qkv_input) {
+        const int sites[3] = {GB_SITE_Q_INPUT, GB_SITE_K_INPUT, GB_SITE_V_INPUT};
+        for (int i = 0; i < 3; i++) {
+            int64_t n = i == 0 ? H : G;
+            float *a = s->heads_in + (size_t)i * M * nh_max * D;
+            for (int64_t m = 0; m < M; m++)
+                for (int64_t h = 0; h < n; h++)
+                    memcpy(a + (m * n + h) * D, s->resid + m * D, (size_t)D * sizeof(float));
+            if (fire4(s, sites[i], l, 0, a, B, P, n, D, 1)) return -1;
+            in[i] = a;
+            nh[i] = n;
+        }
+    }
+
+    /* ln1: TL runs it three times (q, k, v inputs). Computed once when the
+     * inputs are shared and no hook calls back at its points. */
+    int ln_calls = mode_of(s, GB_SITE_LN1_SCALE, l) == GB_HOOK_CALL ||
+                   mode_of(s, GB_SITE_LN1_NORMALIZED, l) == GB_HOOK_CALL;
+    int per_head = c->use_attn_in || c->use_split_qkv_input;
+    const float *normed[3];
+    if (!per_head && !ln_calls) {
+        if (apply_norm(s, c->norm, lw->ln1_w, lw->ln1_b, s->normed, s->scale, s->resid, 1,
+                       GB_SITE_LN1_SCALE, GB_SITE_LN1_NORMALIZED, l, 2, 1))
+            return -1;
+        normed[0] = normed[1] = normed[2] = s->normed;
+    } else {
+        for (int i = 0; i < 3; i++) {
+            float *o = s->normed + (size_t)(i * s->ln_rows * D);
+            if (apply_norm(s, c->norm, lw->ln1_w, lw->ln1_b, o, s->scale + (size_t)(i * s->ln_rows),
+                           in[i], nh[i], GB_SITE_LN1_SCALE, GB_SITE_LN1_NORMALIZED, l, i, i == 2))
+                return -1;
+            normed[i] = o;
+        }
+    }
+
+    /* q, k, v projections */
+    const gb_matrix *Ws[3] = {&lw->W_Q, &lw->W_K, &lw->W_V};
+    const float *bs[3] = {lw->b_Q, lw->b_K, lw->b_V};
+    float *outs[3] = {s->q, s->k, s->v};
+    const int64_t heads[3] = {H, G, G};
+    for (int i = 0; i < 3; i++) {
+        if (nh[i] == 1) {
+            if (gb_gemm(outs[i], heads[i] * d, normed[i], D, Ws[i], bs[i], M, 0)) return -2;
+        } else {
+            rc = project_per_head(outs[i], normed[i], Ws[i], bs[i], M, nh[i], D, d);
+            if (rc) return rc;
+        }
+    }
+    if (fire4(s, GB_SITE_Q, l, 0, s->q, B, P, H, d, 1) ||
+        fire4(s, GB_SITE_K, l, 0, s->k, B, P, G, d, 1) ||
+        fire4(s, GB_SITE_V, l, 0, s->v, B, P, G, d, 1))
+        return -1;
+
+    if (c->pos == GB_POS_ROTARY) {
+        gb_rope(s->q, H * d, M, H, d, c->rotary_dim, s->positions, s->w->rotary_inv_freq,
+                c->rotary_adjacent_pairs);
+        if (fire4(s, GB_SITE_ROT_Q, l, 0, s->q, B, P, H, d, 1)) return -1;
+        gb_rope(s->k, G * d, M, G, d, c->rotary_dim, s->positions, s->w->rotary_inv_freq,
+                c->rotary_adjacent_pairs);
+        if (fire4(s, GB_SITE_ROT_K, l, 0, s->k, B, P, G, d, 1)) return -1;
+    }
+
+    float scale = c->attn_scale;
+    if (c->scale_attn_by_inverse_layer_idx) scale *= (float)(l + 1);
+    gb_attn_shape as = {
+        .B = B, .P = P, .K = P, .H = H, .G = G, .d = d,
+        .ldq = H * d, .ldk = G * d, .ldv = G * d, .ldz = H * d,
+        .inv_scale = 1.0f / scale, .window = c->window, .key_mask = s->run->attn_mask,
+    };
+    int msc = mode_of(s, GB_SITE_ATTN_SCORES, l), mpa = mode_of(s, GB_SITE_PATTERN, l);
+    if (msc == GB_HOOK_CALL || mpa == GB_HOOK_CALL) {
+        gb_attn_scores(s->scores, s->q, s->k, &as);
+        if (fire4(s, GB_SITE_ATTN_SCORES, l, 0, s->scores, B, H, P, P, 1)) return -1;
+        gb_attn_softmax(s->pattern, s->scores, &as);
+        if (fire4(s, GB_SITE_PATTERN, l, 0, s->pattern, B, H, P, P, 1)) return -1;
+        gb_attn_apply(s->z, s->pattern, s->v, &as);
+    } else {
+        /* cached-only scores/pattern are written straight into the cache */
+        float *sc = msc == GB_HOOK_CACHE ? s->plan->cache[slot(s, GB_SITE_ATTN_SCORES, l)] : NULL;
+        float *pa = mpa == GB_HOOK_CACHE ? s->plan->cache[slot(s, GB_SITE_PATTERN, l)] : NULL;
+        if (gb_attention(s->z, sc, pa, s->q, s->k, s->v, &as)) return -2;
+    }
+    if (fire4(s, GB_SITE_Z, l, 0, s->z, B, P, H, d, 1)) return -1;
+
+    float *attn_out = s->tmp;
+    if (c->use_attn_result) {
+        /* per-head results [M, H, D] without b_O, then their sum + b_O */
+        for (int64_t h = 0; h < H; h++) {
+            gb_matrix Wh = head_rows(&lw->W_O, h, d);
+            if (gb_gemm(s->result + h * D, H * D, s->z + h * d, H * d, &Wh, NULL, M, 0))
+                return -2;
+        }
+        if (fire4(s, GB_SITE_RESULT, l, 0, s->result, B, P, H, D, 1)) return -1;
+        for (int64_t m = 0; m < M; m++) {
+            float *o = attn_out + m * D;
+            for (int64_t i = 0; i < D; i++) o[i] = lw->b_O ? lw->b_O[i] : 0.0f;
+            for (int64_t h = 0; h < H; h++) {
+                const float *r = s->result + (m * H + h) * D;
+                for (int64_t i = 0; i < D; i++) o[i] += r[i];
+            }
+        }
+    } else {
+        if (gb_gemm(attn_out, D, s->z, H * d, &lw->W_O, lw->b_O, M, 0)) return -2;
+    }
+    if (fire3(s, GB_SITE_ATTN_OUT, l, attn_out, B, P, D)) return -1;
+    gb_add(s->resid, s->resid, attn_out, M * D);
+    return fire3(s, GB_SITE_RESID_MID, l, s->resid, B, P, D);
+}
+
+static int mlp_stage(gb_state *s, int64_t l) {
+    const gb_config *c = s->cfg;
+    const gb_layer_weights *lw = &s->w->layers[l];
+    const int64_t D = c->d_model, Dm = c->d_mlp, M = s->M, B = s->B, P = s->P;
+    const float *x = s->resid;
+    if (c->use_hook_mlp_in) {
+        memcpy(s->tmp, s->resid, (size_t)(M * D) * sizeof(float));
+        if (fire3(s, GB_SITE_MLP_IN, l, s->tmp, B, P, D)) return -1;
+        x = s->tmp;
+    }
+    float *n = s->normed;
+    if (apply_norm(s, c->norm, lw->ln2_w, lw->ln2_b, n, s->scale, x, 1, GB_SITE_LN2_SCALE,
+                   GB_SITE_LN2_NORMALIZED, l, 0, 1))
+        return -1;
+    if (c->gated_mlp) {
+        if (gb_gemm(s->mlp_a, Dm, n, D, &lw->W_gate, NULL, M, 0)) return -2;
+        if (fire3(s, GB_SITE_MLP_PRE, l, s->mlp_a, B, P, Dm)) return -1;
+        if (gb_gemm(s->mlp_b, Dm, n, D, &lw->W_in, NULL, M, 0)) return -2;
+        if (fire3(s, GB_SITE_MLP_PRE_LINEAR, l, s->mlp_b, B, P, Dm)) return -1;
+        gb_gated_activation(s->mlp_a, s->mlp_a, s->mlp_b, M * Dm, (gb_act)c->act);
+        if (lw->b_in)
+            for (int64_t m = 0; m < M; m++) gb_add(s->mlp_a + m * Dm, s->mlp_a + m * Dm, lw->b_in, Dm);
+    } else {
+        if (gb_gemm(s->mlp_a, Dm, n, D, &lw->W_in, lw->b_in, M, 0)) return -2;
+        if (fire3(s, GB_SITE_MLP_PRE, l, s->mlp_a, B, P, Dm)) return -1;
+        gb_activation(s->mlp_a, s->mlp_a, M * Dm, (gb_act)c->act);
+    }
+    if (fire3(s, GB_SITE_MLP_POST, l, s->mlp_a, B, P, Dm)) return -1;
+    float *out = s->tmp;
+    if (gb_gemm(out, D, s->mlp_a, Dm, &lw->W_out, lw->b_out, M, 0)) return -2;
+    if (fire3(s, GB_SITE_MLP_OUT, l, out, B, P, D)) return -1;
+    gb_add(s->resid, s->resid, out, M * D);
+    return fire3(s, GB_SITE_RESID_POST, l, s->resid, B, P, D);
+}
+
+static int final_stage(gb_state *s) {
+    const gb_config *c = s->cfg;
+    const int64_t D = c->d_model, M = s->M, V = c->d_vocab_out;
+    float *x = s->resid;
+    if (s->run->final_norm) {
+        if (apply_norm(s, c->final_norm, s->w->lnf_w, s->w->lnf_b, s->normed, s->scale, s->resid,
+                       1, GB_SITE_LNF_SCALE, GB_SITE_LNF_NORMALIZED, -1, 0, 1))
+            return -1;
+        x = s->normed;
+    }
+    if (!s->run->unembed) {
+        memcpy(s->run->out, x, (size_t)(M * D) * sizeof(float));
+        return 0;
+    }
+    if (fire3(s, GB_SITE_UNEMBED_IN, -1, x, s->B, s->P, D)) return -1;
+    if (gb_gemm(s->run->out, V, x, D, &s->w->W_U, s->w->b_U, M, 0)) return -2;
+    return fire3(s, GB_SITE_UNEMBED_OUT, -1, s->run->out, s->B, s->P, V);
+}
+
+static int any_call(const gb_state *s, int site, int64_t l0, int64_t l1) {
+    for (int64_t l = l0; l < l1; l++)
+        if (mode_of(s, site, l) == GB_HOOK_CALL) return 1;
+    return 0;
+}
+
+int gb_forward(const gb_config *cfg, const gb_weights *w, const gb_plan *plan, const gb_run *run,
+               char *errbuf, size_t errlen) {
+    gb_state st;
+    memset(&st, 0, sizeof st);
+    gb_state *s = &st;
+    s->cfg = cfg;
+    s->w = w;
+    s->plan = plan;
+    s->run = run;
+    s->B = run->B;
+    s->P = run->P;
+    s->M = run->B * run->P;
+    const int64_t M = s->M, D = cfg->d_model, H = cfg->n_heads, G = cfg->n_kv_heads,
+                  d = cfg->d_head, Dm = cfg->d_mlp;
+    const int64_t nh_max = H > G ? H : G;
+    if (run->start_layer < 0 || run->stop_layer > cfg->n_layers ||
+        run->start_layer > run->stop_layer) {
+        snprintf(errbuf, errlen, "layers [%lld, %lld) out of range for %lld layers",
+                 (long long)run->start_layer, (long long)run->stop_layer,
+                 (long long)cfg->n_layers);
+        return GB_ERR_ARG;
+    }
+    if (M == 0) return GB_OK;
+    int failed = 0;
+    int per_head = cfg->use_attn_in || cfg->use_split_qkv_input;
+    int64_t ln_rows = M * (per_head ? nh_max : 1);
+    s->ln_rows = ln_rows;
+    int ln_triple = per_head || any_call(s, GB_SITE_LN1_SCALE, run->start_layer, run->stop_layer) ||
+                    any_call(s, GB_SITE_LN1_NORMALIZED, run->start_layer, run->stop_layer);
+    size_t f = sizeof(float);
+    s->resid = xmalloc((size_t)(M * D) * f, &failed);
+    s->tmp = xmalloc((size_t)(M * D) * f, &failed);
+    s->normed = xmalloc((size_t)((ln_triple ? 3 : 1) * ln_rows * D) * f, &failed);
+    s->scale = xmalloc((size_t)((ln_triple ? 3 : 1) * ln_rows) * f, &failed);
+    if (per_head) s->heads_in = xmalloc((size_t)(3 * M * nh_max * D) * f, &failed);
+    s->q = xmalloc((size_t)(M * H * d) * f, &failed);
+    s->k = xmalloc((size_t)(M * G * d) * f, &failed);
+    s->v = xmalloc((size_t)(M * G * d) * f, &failed);
+    s->z = xmalloc((size_t)(M * H * d) * f, &failed);
+    if (any_call(s, GB_SITE_ATTN_SCORES, run->start_layer, run->stop_layer) ||
+        any_call(s, GB_SITE_PATTERN, run->start_layer, run->stop_layer)) {
+        s->scores = xmalloc((size_t)(s->B * H * s->P * s->P) * f, &failed);
+        s->pattern = xmalloc((size_t)(s->B * H * s->P * s->P) * f, &failed);
+    }
+    if (cfg->use_attn_result) s->result = xmalloc((size_t)(M * H * D) * f, &failed);
+    s->mlp_a = xmalloc((size_t)(M * Dm) * f, &failed);
+    if (cfg->gated_mlp) s->mlp_b = xmalloc((size_t)(M * Dm) * f, &failed);
+    if (!run->positions) s->positions = xmalloc((size_t)M * sizeof(int64_t), &failed);
+
+    int rc = GB_OK;
+    if (failed) {
+        rc = GB_ERR_NOMEM;
+        goto done;
+    }
+    if (!run->positions) {
+        for (int64_t m = 0; m < M; m++) s->positions[m] = m % s->P;
+    } else {
+        s->positions = (int64_t *)run->positions; /* read only */
+    }
+
+    if (run->residual_in) {
+        memcpy(s->resid, run->residual_in, (size_t)(M * D) * f);
+    } else if ((rc = embed_stage(s)) != 0) {
+        goto done;
+    }
+    for (int64_t l = run->start_layer; l < run->stop_layer; l++) {
+        if (fire3(s, GB_SITE_RESID_PRE, l, s->resid, s->B, s->P, D)) { rc = -1; goto done; }
+        if ((rc = attention_stage(s, l)) != 0) goto done;
+        if ((rc = mlp_stage(s, l)) != 0) goto done;
+        if (plan && plan->poll && plan->poll(plan->ctx)) { rc = -1; goto done; }
+    }
+    if (run->stop_layer == cfg->n_layers && (run->final_norm || run->unembed)) {
+        rc = final_stage(s);
+    } else {
+        memcpy(run->out, s->resid, (size_t)(M * D) * f);
+    }
+
+done:
+    if (rc == -1) rc = GB_ERR_CALLBACK;
+    else if (rc == -2) rc = GB_ERR_NOMEM;
+    if (!run->positions) free(s->positions);
+    free(s->resid); free(s->tmp); free(s->normed); free(s->scale); free(s->heads_in);
+    free(s->q); free(s->k); free(s->v); free(s->z); free(s->scores); free(s->pattern);
+    free(s->result); free(s->mlp_a); free(s->mlp_b);
+    return rc;
+}
+
+int gb_site_active(const gb_config *c, int site) {
+    int normed = c->norm != GB_NORM_NONE;
+    switch (site) {
+    case GB_SITE_POS_EMBED: return c->pos == GB_POS_STANDARD;
+    case GB_SITE_ATTN_IN: return c->use_attn_in;
+    case GB_SITE_Q_INPUT: case GB_SITE_K_INPUT: case GB_SITE_V_INPUT: return c->use_split_qkv_input;
+    case GB_SITE_LN1_SCALE: case GB_SITE_LN1_NORMALIZED:
+    case GB_SITE_LN2_SCALE: case GB_SITE_LN2_NORMALIZED: return normed;
+    case GB_SITE_ROT_Q: case GB_SITE_ROT_K: return c->pos == GB_POS_ROTARY;
+    case GB_SITE_RESULT: return c->use_attn_result;
+    case GB_SITE_MLP_IN: return c->use_hook_mlp_in;
+    case GB_SITE_MLP_PRE_LINEAR: return c->gated_mlp;
+    case GB_SITE_LNF_SCALE: case GB_SITE_LNF_NORMALIZED: return c->final_norm != GB_NORM_NONE;
+    default: return site >= 0 && site < GB_SITE_COUNT;
+    }
+}
+
+int gb_hook_shape(const gb_config *c, int site, int64_t B, int64_t P, int64_t sh[4]) {
+    const int64_t D = c->d_model, H = c->n_heads, G = c->n_kv_heads, d = c->d_head;
+    sh[0] = B;
+    sh[1] = P;
+    switch (site) {
+    case GB_SITE_ATTN_IN: case GB_SITE_Q_INPUT: sh[2] = H; sh[3] = D; return 4;
+    case GB_SITE_K_INPUT: case GB_SITE_V_INPUT: sh[2] = G; sh[3] = D; return 4;
+    case GB_SITE_LN1_SCALE: case GB_SITE_LN1_NORMALIZED: {
+        int64_t last = c->use_split_qkv_input ? G : (c->use_attn_in ? H : 0);
+        if (last) { sh[2] = last; sh[3] = site == GB_SITE_LN1_SCALE ? 1 : D; return 4; }
+        sh[2] = site == GB_SITE_LN1_SCALE ? 1 : D;
+        return 3;
+    }
+    case GB_SITE_LN2_SCALE: case GB_SITE_LNF_SCALE: sh[2] = 1; return 3;
+    case GB_SITE_Q: case GB_SITE_ROT_Q: case GB_SITE_Z: sh[2] = H; sh[3] = d; return 4;
+    case GB_SITE_K: case GB_SITE_V: case GB_SITE_ROT_K: sh[2] = G; sh[3] = d; return 4;
+    case GB_SITE_ATTN_SCORES: case GB_SITE_PATTERN: sh[1] = H; sh[2] = P; sh[3] = P; return 4;
+    case GB_SITE_RESULT: sh[2] = H; sh[3] = D; return 4;
+    case GB_SITE_MLP_PRE: case GB_SITE_MLP_PRE_LINEAR: case GB_SITE_MLP_POST: sh[2] = c->d_mlp; return 3;
+    case GB_SITE_UNEMBED_OUT: sh[2] = c->d_vocab_out; return 3;
+    default: sh[2] = D; return 3;
+    }
+}

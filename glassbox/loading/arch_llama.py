@@ -1,0 +1,241 @@
+"""Adapter for the LLaMA family: ``LlamaForCausalLM``, ``MistralForCausalLM``, ``Qwen2ForCausalLM``.
+
+RMSNorm, rotary positions (HF "rotate_half" layout, i.e. ``rotary_adjacent_pairs=False``), SwiGLU
+MLP and grouped-query attention. HF ``nn.Linear`` weights are ``[out, in]``:
+
+================================  ====================================================
+TL parameter                      HF tensor (``model.`` prefix optional)
+================================  ====================================================
+``embed.W_E`` [V, D]              ``embed_tokens.weight``
+``blocks.l.ln1.w``                ``layers.l.input_layernorm.weight``
+``blocks.l.attn.W_Q`` [H, D, d]   ``layers.l.self_attn.q_proj.weight`` [(H d), D]
+``blocks.l.attn.(_)W_K/V``        ``k_proj/v_proj.weight`` [(G d), D] -> [G, D, d]
+``blocks.l.attn.b_Q, (_)b_K/V``   ``q/k/v_proj.bias`` when present (Qwen2), else zeros
+``blocks.l.attn.W_O`` [H, d, D]   ``o_proj.weight`` [D, (H d)]
+``blocks.l.attn.b_O``             ``o_proj.bias`` when present, else zeros
+``blocks.l.ln2.w``                ``post_attention_layernorm.weight``
+``blocks.l.mlp.W_in/W_gate``      ``mlp.up_proj/gate_proj.weight``^T [D, M]
+``blocks.l.mlp.W_out`` [M, D]     ``mlp.down_proj.weight``^T
+``blocks.l.mlp.b_in/b_out``       zeros
+``ln_final.w``                    ``norm.weight``
+``unembed.W_U`` [D, V]            ``lm_head.weight``^T (a copy of ``embed_tokens`` when tied)
+``unembed.b_U``                   zeros
+================================  ====================================================
+
+The ``_`` prefix (TL's GroupedQueryAttention names) is used iff ``n_key_value_heads`` differs
+from ``n_heads``; otherwise ``n_key_value_heads`` is None and the plain names are used.
+
+Deliberate differences from TransformerLens 3.9's converters (where TL is wrong or lossy):
+``head_dim`` from config.json is honoured for LLaMA too (TL derives d_head = hidden/heads), and
+Llama's optional ``attention_bias`` tensors are loaded rather than dropped. Rotary settings
+(``rope_theta``, ``rope_scaling`` of type ``linear`` or ``llama3``) are read from both the
+transformers<5 layout (top-level keys) and the 5.x layout (``rope_parameters``).
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Dict
+
+import numpy as np
+
+from .source import TensorSource
+
+__all__ = ["ARCHITECTURES", "convert_config", "convert_weights", "rotary_inv_freq"]
+
+ARCHITECTURES = ("LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM")
+
+_ACTIVATIONS = {"silu": "silu", "swish": "silu", "gelu": "gelu", "gelu_new": "gelu_new",
+                "gelu_pytorch_tanh": "gelu_pytorch_tanh", "relu": "relu", "gelu_fast": "gelu_fast"}
+
+# TL's defaults for the NTK-by-parts fields (HookedTransformerConfig).
+_NTK_DEFAULTS = {
+    "use_NTK_by_parts_rope": False,
+    "NTK_by_parts_low_freq_factor": 1.0,
+    "NTK_by_parts_high_freq_factor": 4.0,
+    "NTK_by_parts_factor": 8.0,
+    "NTK_original_ctx_len": 8192,
+}
+
+
+def _rope(hf: Dict[str, Any]) -> Dict[str, Any]:
+    """Collect rope settings from either config layout into one dict (rope_theta, rope_type, ...)."""
+    params: Dict[str, Any] = {}
+    rp = hf.get("rope_parameters")
+    if isinstance(rp, dict):
+        # transformers 5.x; Gemma-style per-layer-type dicts are not part of this family
+        params.update(rp)
+    rs = hf.get("rope_scaling")
+    if isinstance(rs, dict):
+        params.update(rs)
+    if hf.get("rope_theta") is not None:
+        params["rope_theta"] = hf["rope_theta"]
+    rope_type = str(params.get("rope_type") or params.get("type") or "default").lower()
+    params["rope_type"] = rope_type
+    params.setdefault("rope_theta", 10000.0)
+    return params
+
+
+def convert_config(hf: Dict[str, Any]) -> Dict[str, Any]:
+    """HF config.json -> ``HookedTransformerConfig`` fields, following TL's per-architecture branches."""
+    arch = (hf.get("architectures") or ["LlamaForCausalLM"])[0]
+    D = int(hf["hidden_size"])
+    H = int(hf["num_attention_heads"])
+    G = int(hf.get("num_key_value_heads") or H)
+    if H % G:
+        raise ValueError(f"config.json: num_attention_heads={H} is not a multiple of num_key_value_heads={G}")
+    head_dim = hf.get("head_dim")
+    d = int(head_dim) if head_dim else D // H
+    if not head_dim and D % H:
+        raise ValueError(f"config.json: hidden_size={D} is not divisible by num_attention_heads={H}")
+    L = int(hf["num_hidden_layers"])
+    act = hf.get("hidden_act", "silu")
+    if act not in _ACTIVATIONS:
+        raise ValueError(f"config.json: hidden_act {act!r} is not supported "
+                         f"(supported: {', '.join(sorted(_ACTIVATIONS))})")
+    if hf.get("mlp_bias"):
+        raise ValueError("config.json: mlp_bias=True is not supported (TransformerLens's gated MLP has "
+                         "no gate bias)")
+    partial = float(hf.get("partial_rotary_factor") or 1.0)
+
+    cfg: Dict[str, Any] = {
+        "d_model": D,
+        "d_head": d,
+        "n_heads": H,
+        "d_mlp": int(hf["intermediate_size"]),
+        "n_layers": L,
+        "n_ctx": int(hf.get("max_position_embeddings") or 2048),
+        "eps": float(hf.get("rms_norm_eps", 1e-6)),
+        "d_vocab": int(hf["vocab_size"]),
+        "act_fn": _ACTIVATIONS[act],
+        "n_key_value_heads": G if G != H else None,
+        "normalization_type": "RMS",
+        "positional_embedding_type": "rotary",
+        "rotary_adjacent_pairs": False,
+        "rotary_dim": int(d * partial),
+        "final_rms": True,
+        "gated_mlp": True,
+        "use_attn_scale": True,
+        "use_local_attn": False,
+        "window_size": None,
+        "attn_types": None,
+        "scale_attn_by_inverse_layer_idx": False,
+        "tie_word_embeddings": bool(hf.get("tie_word_embeddings", False)),
+        "rotary_scaling_factor": 1.0,
+        **_NTK_DEFAULTS,
+    }
+
+    rope = _rope(hf)
+    cfg["rotary_base"] = float(rope["rope_theta"])
+    rt = rope["rope_type"]
+    if rt == "llama3":
+        cfg["use_NTK_by_parts_rope"] = True
+        cfg["NTK_original_ctx_len"] = int(rope.get("original_max_position_embeddings")
+                                          or hf.get("max_position_embeddings") or 8192)
+        cfg["NTK_by_parts_low_freq_factor"] = float(rope.get("low_freq_factor", 1.0))
+        cfg["NTK_by_parts_high_freq_factor"] = float(rope.get("high_freq_factor", 4.0))
+        cfg["NTK_by_parts_factor"] = float(rope.get("factor", 1.0))
+    elif rt == "linear":
+        cfg["rotary_scaling_factor"] = float(rope.get("factor", 1.0))
+    elif rt != "default":
+        raise ValueError(f"config.json: rope scaling type {rt!r} is not supported "
+                         f"(supported: default, linear, llama3)")
+
+    if arch == "MistralForCausalLM":
+        cfg["n_ctx"] = 2048  # TL caps Mistral's context "due to memory issues"
+        cfg["final_rms"] = False  # as TL's Mistral branch (no effect on an RMS model)
+        window = hf.get("sliding_window")
+        if window:
+            cfg["window_size"] = int(window)
+            cfg["use_local_attn"] = True
+            cfg["attn_types"] = ["local"] * L
+    elif arch == "Qwen2ForCausalLM":
+        if hf.get("use_sliding_window"):
+            raise ValueError("config.json: Qwen2 use_sliding_window=True (per-layer windows) is not supported")
+        cfg["default_prepend_bos"] = False
+        cfg["tokenizer_prepends_bos"] = True
+        if hf.get("initializer_range") is not None:
+            cfg["initializer_range"] = float(hf["initializer_range"])
+    return cfg
+
+
+def _prefix(src: TensorSource) -> str:
+    return "model." if "model.embed_tokens.weight" in src else ""
+
+
+def _heads_in(w: np.ndarray, n: int, d: int, D: int) -> np.ndarray:
+    """[(n d), D] (nn.Linear, out x in) -> TL [n, D, d]."""
+    return np.ascontiguousarray(w.reshape(n, d, D).transpose(0, 2, 1))
+
+
+def convert_weights(src: TensorSource, cfg: Dict[str, Any], hf: Dict[str, Any]) -> Dict[str, np.ndarray]:
+    """Read the HF tensors and return TL's LLaMA-family state dict (float32, C-contiguous)."""
+    D, H, d, M = cfg["d_model"], cfg["n_heads"], cfg["d_head"], cfg["d_mlp"]
+    V, L = cfg["d_vocab"], cfg["n_layers"]
+    G = cfg["n_key_value_heads"] or H
+    kv = "_" if cfg["n_key_value_heads"] is not None else ""
+    pre = _prefix(src)
+    zeros = lambda *s: np.zeros(s, dtype=np.float32)  # noqa: E731
+    sd: Dict[str, np.ndarray] = {}
+
+    emb = src.get(pre + "embed_tokens.weight", (V, D))
+    sd["embed.W_E"] = emb
+    for l in range(L):
+        h = f"{pre}layers.{l}."
+        a = h + "self_attn."
+        b = f"blocks.{l}."
+        sd[b + "ln1.w"] = src.get(h + "input_layernorm.weight", (D,))
+        sd[b + "attn.W_Q"] = _heads_in(src.get(a + "q_proj.weight", (H * d, D)), H, d, D)
+        sd[b + f"attn.{kv}W_K"] = _heads_in(src.get(a + "k_proj.weight", (G * d, D)), G, d, D)
+        sd[b + f"attn.{kv}W_V"] = _heads_in(src.get(a + "v_proj.weight", (G * d, D)), G, d, D)
+        for proj, key, n in (("q_proj", "b_Q", H), ("k_proj", f"{kv}b_K", G), ("v_proj", f"{kv}b_V", G)):
+            bias = src.optional(a + proj + ".bias", (n * d,))
+            sd[b + "attn." + key] = zeros(n, d) if bias is None else np.ascontiguousarray(bias.reshape(n, d))
+        W_O = src.get(a + "o_proj.weight", (D, H * d))
+        sd[b + "attn.W_O"] = np.ascontiguousarray(W_O.reshape(D, H, d).transpose(1, 2, 0))
+        b_O = src.optional(a + "o_proj.bias", (D,))
+        sd[b + "attn.b_O"] = zeros(D) if b_O is None else b_O
+        sd[b + "ln2.w"] = src.get(h + "post_attention_layernorm.weight", (D,))
+        sd[b + "mlp.W_in"] = np.ascontiguousarray(src.get(h + "mlp.up_proj.weight", (M, D)).T)
+        sd[b + "mlp.W_gate"] = np.ascontiguousarray(src.get(h + "mlp.gate_proj.weight", (M, D)).T)
+        sd[b + "mlp.b_in"] = zeros(M)
+        sd[b + "mlp.W_out"] = np.ascontiguousarray(src.get(h + "mlp.down_proj.weight", (D, M)).T)
+        sd[b + "mlp.b_out"] = zeros(D)
+    sd["ln_final.w"] = src.get(pre + "norm.weight", (D,))
+    lm_head = src.optional("lm_head.weight", (V, D))
+    if lm_head is None:
+        if not cfg.get("tie_word_embeddings", False):
+            src.get("lm_head.weight", (V, D))  # raises: untied model without an LM head
+        lm_head = emb
+    sd["unembed.W_U"] = np.ascontiguousarray(lm_head.T)
+    sd["unembed.b_U"] = zeros(V)
+    return sd
+
+
+def rotary_inv_freq(cfg: Any) -> np.ndarray:
+    """RoPE inverse frequencies ``[rotary_dim // 2]`` (float32) for a rotary config, as TL computes them.
+
+    ``inv_freq_i = rotary_base ** (-2i / rotary_dim)``, then either TL's NTK-by-parts ("llama3")
+    adjustment or linear scaling (``rotary_scaling_factor``: ``inv_freq / factor``). The glassbox
+    engine takes this array as the ``rotary_inv_freq`` weight.
+    """
+    get = (lambda k, dflt=None: cfg.get(k, dflt)) if isinstance(cfg, dict) else (
+        lambda k, dflt=None: getattr(cfg, k, dflt))
+    R = int(get("rotary_dim") or get("d_head"))
+    base = float(get("rotary_base", 10000))
+    inv = 1.0 / (base ** (np.arange(0, R, 2, dtype=np.float64) / R))
+    if get("use_NTK_by_parts_rope", False):
+        factor = float(get("NTK_by_parts_factor"))
+        lo = float(get("NTK_by_parts_low_freq_factor"))
+        hi = float(get("NTK_by_parts_high_freq_factor"))
+        old = float(get("NTK_original_ctx_len"))
+        wavelen = 2 * math.pi / inv
+        scaled = np.where(wavelen > old / lo, inv / factor, inv)
+        smooth = (old / wavelen - lo) / (hi - lo)
+        smoothed = (1 - smooth) * scaled / factor + smooth * scaled
+        medium = ~(wavelen < old / hi) & ~(wavelen > old / lo)
+        inv = np.where(medium, smoothed, scaled)
+    else:
+        factor = float(get("rotary_scaling_factor", 1.0) or 1.0)
+        if factor != 1.0:
+            inv = inv / factor
+    return inv.astype(np.float32)

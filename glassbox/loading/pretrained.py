@@ -1,0 +1,192 @@
+"""``load_pretrained_parts``: name or path -> (TL config fields, TL state dict, tokenizer files).
+
+This is the loading half of ``HookedTransformer.from_pretrained``: it resolves the checkpoint
+(:mod:`glassbox.loading.hub`), reads ``config.json``, picks the architecture adapter registered
+for ``config.json["architectures"][0]``, converts the config to ``HookedTransformerConfig`` field
+values and the safetensors weights to TransformerLens names and layouts, and validates every
+shape. Weight processing (``fold_ln`` & co.) is separate: :func:`glassbox.loading.processing.process_weights`.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from types import ModuleType
+from typing import Any, Dict, Optional
+
+import numpy as np
+
+from . import arch_gpt2, arch_llama
+from .hub import ModelFiles, resolve_model_files
+from .safetensors_io import SafeTensor, read_safetensors, read_safetensors_sharded
+from .shapes import check_state_dict
+from .source import TensorSource
+
+__all__ = ["LoadedModel", "load_pretrained_parts", "ADAPTERS", "supported_architectures",
+           "get_adapter", "convert_hf_config"]
+
+#: ``config.json["architectures"][0]`` -> adapter module.
+ADAPTERS: Dict[str, ModuleType] = {}
+for _mod in (arch_gpt2, arch_llama):
+    for _arch in _mod.ARCHITECTURES:
+        ADAPTERS[_arch] = _mod
+
+
+def supported_architectures() -> list:
+    """The HF architecture names glassbox can load."""
+    return sorted(ADAPTERS)
+
+
+def get_adapter(architecture: str) -> ModuleType:
+    """The adapter module for an HF architecture name; ``ValueError`` listing the supported ones."""
+    try:
+        return ADAPTERS[architecture]
+    except KeyError:
+        raise ValueError(f"architecture {architecture!r} is not supported by glassbox; supported "
+                         f"architectures: {', '.join(supported_architectures())}") from None
+
+
+@dataclass
+class LoadedModel:
+    """What :func:`load_pretrained_parts` returns.
+
+    Attributes:
+        config: ``HookedTransformerConfig`` field values (TL names), ready for ``from_dict``.
+        state_dict: ``{TL parameter name: float32 C-contiguous array}`` in TL layouts (GQA K/V as
+            ``blocks.{l}.attn._W_K`` etc.). Arrays may be copy-on-write views of the memory-mapped
+            checkpoint: writing to them never touches the file.
+        tokenizer_dir: the folder holding the tokenizer files (None when there are none).
+        tokenizer_files: ``{file name: path}`` for tokenizer.json, tokenizer_config.json,
+            special_tokens_map.json, vocab.json, merges.txt, ... that exist.
+        source: the resolved folder or file the weights came from.
+        hf_config: the raw ``config.json`` contents.
+    """
+
+    config: Dict[str, Any]
+    state_dict: Dict[str, np.ndarray]
+    tokenizer_dir: Optional[str] = None
+    tokenizer_files: Dict[str, str] = field(default_factory=dict)
+    source: str = ""
+    hf_config: Dict[str, Any] = field(default_factory=dict)
+
+
+_FLOAT32_NAMES = {"float32", "fp32", "float", "f32", "torch.float32"}
+
+
+def _check_dtype(dtype: Any) -> str:
+    name = str(getattr(dtype, "__name__", dtype)).lower()
+    try:
+        if np.dtype(dtype) == np.float32:
+            return "float32"
+    except TypeError:
+        pass
+    if name in _FLOAT32_NAMES:
+        return "float32"
+    raise ValueError(f"dtype={dtype!r} is not supported yet: glassbox currently loads weights as float32")
+
+
+def _read_config(path: str) -> Dict[str, Any]:
+    try:
+        with open(path, "r", encoding="utf-8") as fh:
+            hf = json.load(fh)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{path}: not valid JSON ({exc})") from None
+    if not isinstance(hf, dict):
+        raise ValueError(f"{path}: expected a JSON object")
+    return hf
+
+
+def convert_hf_config(hf: Dict[str, Any], *, model_name: str = "custom",
+                      tokenizer_name: Optional[str] = None) -> Dict[str, Any]:
+    """Convert an HF ``config.json`` dict to ``HookedTransformerConfig`` field values."""
+    archs = hf.get("architectures") or []
+    if not archs:
+        raise ValueError(f"config.json has no 'architectures' entry; supported architectures: "
+                         f"{', '.join(supported_architectures())}")
+    arch = archs[0]
+    adapter = get_adapter(arch)
+    try:
+        cfg = adapter.convert_config(hf)
+    except KeyError as exc:
+        raise ValueError(f"config.json for {arch} lacks required field {exc.args[0]!r}") from None
+    cfg.setdefault("default_prepend_bos", True)
+    cfg["d_vocab_out"] = cfg["d_vocab"]
+    cfg["original_architecture"] = arch
+    cfg["model_name"] = model_name.rstrip("/").split("/")[-1]
+    cfg["tokenizer_name"] = tokenizer_name if tokenizer_name is not None else model_name
+    cfg["init_weights"] = False
+    cfg["dtype"] = "float32"
+    return cfg
+
+
+def _open_tensors(files: ModelFiles) -> Dict[str, SafeTensor]:
+    if files.index_path:
+        return read_safetensors_sharded(files.index_path)
+    tensors: Dict[str, SafeTensor] = {}
+    for f in files.weight_files:
+        for name, t in read_safetensors(f).items():
+            if name in tensors:
+                raise ValueError(f"{f}: tensor {name!r} also appears in {tensors[name].file}")
+            tensors[name] = t
+    return tensors
+
+
+def load_pretrained_parts(
+    name_or_path: str,
+    *,
+    dtype: Any = "float32",
+    n_ctx: Optional[int] = None,
+    first_n_layers: Optional[int] = None,
+    revision: Optional[str] = None,
+    cache_dir: Optional[str] = None,
+) -> LoadedModel:
+    """Load a checkpoint's config, weights (TL layout) and tokenizer file paths.
+
+    Args:
+        name_or_path: a local folder (``config.json`` + ``*.safetensors``), a ``.safetensors``
+            file next to ``config.json``, a Hub repo id found in the local HF cache, or a
+            TransformerLens GPT-2 alias (``"gpt2"``, ``"gpt2-small"``, ``"distilgpt2"``, ...).
+        dtype: only ``"float32"`` for now.
+        n_ctx: override the context length (as TL's ``from_pretrained(n_ctx=...)``); for learned
+            positions the extra rows of ``W_pos`` are dropped, and a larger value than the
+            checkpoint has positions raises ``ValueError``.
+        first_n_layers: keep only the first n blocks (TL's ``first_n_layers``).
+        revision, cache_dir: Hub revision and cache folder for repo ids.
+
+    Raises:
+        ValueError: unsupported architecture, malformed config/weights, or a config whose
+            shapes disagree with the weights (the message names the tensor and both shapes).
+        OSError: missing files, or a repo id that is not in the local HF cache.
+    """
+    dtype_name = _check_dtype(dtype)
+    files = resolve_model_files(name_or_path, revision=revision, cache_dir=cache_dir)
+    hf = _read_config(files.config_path)
+    tokenizer_name = files.official_name if files.repo_id else files.folder
+    cfg = convert_hf_config(hf, model_name=files.official_name, tokenizer_name=tokenizer_name)
+    cfg["dtype"] = dtype_name
+    if first_n_layers is not None:
+        if not 0 < int(first_n_layers) <= cfg["n_layers"]:
+            raise ValueError(f"first_n_layers={first_n_layers} must be in 1..{cfg['n_layers']}")
+        cfg["n_layers"] = int(first_n_layers)
+        if cfg.get("attn_types"):
+            cfg["attn_types"] = cfg["attn_types"][: cfg["n_layers"]]
+    if n_ctx is not None:
+        if int(n_ctx) <= 0:
+            raise ValueError(f"n_ctx={n_ctx} must be positive")
+        cfg["n_ctx"] = int(n_ctx)
+
+    adapter = get_adapter(cfg["original_architecture"])
+    src = TensorSource(_open_tensors(files), files.source, cfg["original_architecture"])
+    sd = adapter.convert_weights(src, cfg, hf)
+    for k, v in sd.items():
+        if v.dtype != np.float32 or not v.flags.c_contiguous or not v.flags.aligned:
+            sd[k] = np.ascontiguousarray(v, dtype=np.float32)
+    check_state_dict(sd, cfg, what=f"{files.source}: converted state dict")
+    tok = files.tokenizer_files
+    return LoadedModel(
+        config=cfg,
+        state_dict=sd,
+        tokenizer_dir=files.folder if tok else None,
+        tokenizer_files=dict(tok),
+        source=files.source,
+        hf_config=hf,
+    )

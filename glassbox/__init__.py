@@ -1,1 +1,45 @@
-"""glassbox (placeholder)."""
+"""glassbox: TransformerLens's ``HookedTransformer`` workflow on a C compute core.
+
+Swap ``import transformer_lens`` for ``import glassbox`` (or
+``from glassbox import HookedTransformer``): class and method names, hook-point names
+and shapes, and cache keys are TransformerLens's. Arrays are NumPy at the core and
+torch tensors (sharing memory) when the caller works in torch; see
+:mod:`glassbox.arrays` and :func:`set_array_backend`.
+
+The C extension (``glassbox._C``) is imported lazily, on the first forward pass, so
+the pure-Python parts (configs, utils, hook bookkeeping, tokenization) work without it.
+"""
+from glassbox import utils
+from glassbox.arrays import get_array_backend, set_array_backend
+from glassbox.ActivationCache import ActivationCache
+from glassbox.config.hooked_transformer_config import HookedTransformerConfig
+from glassbox.hook_points import HookedRootModule, HookPoint, LensHandle
+from glassbox.HookedTransformer import HookedTransformer, Output
+from glassbox.tokenization import Tokenizer
+
+from glassbox import hook_points, utilities, components, config  # noqa: E402,F401
+
+try:  # modules owned by colleagues; optional while they land
+    from glassbox.FactoredMatrix import FactoredMatrix  # noqa: F401
+except ImportError:  # pragma: no cover
+    pass
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "HookedTransformer",
+    "HookedTransformerConfig",
+    "ActivationCache",
+    "HookedRootModule",
+    "HookPoint",
+    "LensHandle",
+    "Output",
+    "Tokenizer",
+    "utils",
+    "utilities",
+    "hook_points",
+    "components",
+    "config",
+    "set_array_backend",
+    "get_array_backend",
+]

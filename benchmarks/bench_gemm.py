@@ -7,6 +7,11 @@ Shapes are M x K x N (C[M, N] = A[M, K] . B), GPT-2-small sized:
 (one generated token).  Layouts: "trans" is B stored [N, K] (HF / file
 layout, x @ W.T), "plain" is B stored [K, N] (TransformerLens x @ W).
 
+--quant adds GGUF block-type B (raw bytes, file layout, dequantised inside
+the GEMM's packing step) against fp32 B on the selected ISA: Q4_1 at
+1x576x1536 and 128x576x1536, Q4_K at 1x768x1536 and 128x768x1536 (K-quants
+need K % 256 == 0, so 576 is not possible for them).
+
 Each thread count runs in its own subprocess with OMP_NUM_THREADS and
 OPENBLAS_NUM_THREADS set (OpenMP reads them once at start).  Every cell is
 the median over repeats (>= 5 runs and >= 0.3 s, after one warm-up), with
@@ -30,6 +35,42 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
 SHAPES = [(256, 768, 3072), (256, 3072, 768), (512, 3072, 768), (1, 768, 3072)]
+# (dtype, M, K, N) for --quant; (elements, bytes) per block and the offsets
+# of the f16 scale fields in a block
+QUANT_SHAPES = [("Q4_1", 1, 576, 1536), ("Q4_1", 128, 576, 1536),
+                ("Q4_K", 1, 768, 1536), ("Q4_K", 128, 768, 1536)]
+QUANT_BLOCK = {"Q8_0": (32, 34, [0]), "Q4_0": (32, 18, [0]), "Q4_1": (32, 20, [0, 2]),
+               "Q4_K": (256, 144, [0, 2]), "Q6_K": (256, 210, [208])}
+
+
+def random_blocks(rng, dtype, N, K):
+    """Random raw GGUF rows [N, row_bytes] with finite f16 scales."""
+    import numpy as np
+
+    be, bb, offs = QUANT_BLOCK[dtype]
+    raw = rng.integers(0, 256, size=(N, K // be, bb), dtype=np.uint8)
+    for off in offs:
+        d = (rng.standard_normal((N, K // be)) * 0.05).astype(np.float16)
+        raw[:, :, off:off + 2] = d.view(np.uint8).reshape(N, K // be, 2)
+    return raw.reshape(N, -1)
+
+
+def quant_rows(args, rng):
+    import numpy as np
+    from glassbox import _C
+
+    rows = []
+    for dtype, M, K, N in QUANT_SHAPES:
+        A = rng.standard_normal((M, K), dtype=np.float32)
+        W = rng.standard_normal((N, K), dtype=np.float32)
+        raw = random_blocks(rng, dtype, N, K)
+        flop = 2.0 * M * N * K
+        for name, fn in [("f32", lambda: _C.gemm(A, W, trans=True)),
+                         (dtype, lambda: _C.gemm(A, raw, trans=True, dtype=dtype))]:
+            t = median_time(fn)
+            rows.append(dict(shape=f"{M}x{K}x{N}", layout="quant", impl=name,
+                             threads=_C.num_threads(), gflops=flop / t * 1e-9, ms=t * 1e3))
+    return rows
 
 
 def median_time(fn, min_runs=5, min_time=0.3, max_runs=200):
@@ -52,6 +93,9 @@ def worker(args):
     if args.no_scalar:
         isas.remove("scalar")
     rows = []
+    if args.quant_only:
+        print(json.dumps(quant_rows(args, rng)))
+        return
     for M, K, N in SHAPES:
         A = rng.standard_normal((M, K), dtype=np.float32)
         for layout in args.layout:
@@ -70,6 +114,8 @@ def worker(args):
                 rows.append(dict(shape=f"{M}x{K}x{N}", layout=layout, impl=name,
                                  threads=_C.num_threads() if name != "numpy" else args.threads[0],
                                  gflops=flop / t * 1e-9, ms=t * 1e3))
+    if args.quant:
+        rows += quant_rows(args, rng)
     print(json.dumps(rows))
 
 
@@ -79,6 +125,9 @@ def main():
     ap.add_argument("--layout", nargs="+", default=["trans", "plain"], choices=["trans", "plain"])
     ap.add_argument("--peak", type=float, default=130.0, help="GFLOP/s per core for %%peak")
     ap.add_argument("--no-scalar", action="store_true", help="skip the (slow) scalar path")
+    ap.add_argument("--quant", action="store_true",
+                    help="also GGUF Q4_1 / Q4_K B vs fp32 B (selected ISA)")
+    ap.add_argument("--quant-only", action="store_true", help="only the --quant rows")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
@@ -91,6 +140,10 @@ def main():
         cmd = [sys.executable, __file__, "--worker", "--threads", str(n), "--layout", *args.layout]
         if args.no_scalar:
             cmd.append("--no-scalar")
+        if args.quant or args.quant_only:
+            cmd.append("--quant")
+        if args.quant_only:
+            cmd.append("--quant-only")
         out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True)
         rows += json.loads(out.stdout.strip().splitlines()[-1])
     print(f"GEMM GFLOP/s (median), %peak vs {args.peak:.0f} GFLOP/s per core")

@@ -1,11 +1,95 @@
-/* Test entry points for the GEMM kernels (csrc/kernels/gemm*.c).
+/* Test entry points for the GEMM kernels (csrc/kernels/gemm*.c) and the
+ * GGUF block decoders (csrc/kernels/quant.c).
  *
- * _C.gemm(A, B, bias=None, *, trans=False, accumulate=None, isa=None)
+ * _C.gemm(A, B, bias=None, *, trans=False, accumulate=None, isa=None,
+ *         dtype=None, K=None)
  * wraps gb_gemm / gb_gemm_isa over NumPy arrays without copying them when
  * their strides can be expressed as a gb_matrix (otherwise a contiguous copy
- * is taken; results are the same). */
+ * is taken; results are the same).  With dtype="Q4_K" etc., B is raw GGUF
+ * bytes: uint8 [N, row_bytes] in the file layout (trans=True).
+ * _C.dequantize(raw, dtype) and _C.embed_rows(table, dtype, tokens, D) wrap
+ * gb_dequantize_row / gb_embed_rows. */
 #include "bindings.h"
 #include "kernels.h"
+
+#include <stdint.h>
+#include <string.h>
+
+/* ------------------------------------------------------- dtype names */
+
+static const char *const dtype_names[GB_DTYPE_COUNT] = {
+    "F32", "BF16", "F16", "Q8_0", "Q4_0", "Q4_1", "Q4_K", "Q6_K"};
+#define DTYPE_LIST "F32, BF16, F16, Q8_0, Q4_0, Q4_1, Q4_K, Q6_K"
+
+static int
+ascii_ieq(const char *a, const char *b)
+{
+    for (; *a && *b; a++, b++) {
+        char x = *a, y = *b;
+        if (x >= 'a' && x <= 'z') {
+            x = (char)(x - 'a' + 'A');
+        }
+        if (y >= 'a' && y <= 'z') {
+            y = (char)(y - 'a' + 'A');
+        }
+        if (x != y) {
+            return 0;
+        }
+    }
+    return *a == *b;
+}
+
+/* gb_dtype for a name (case-insensitive), or -1 with ValueError. */
+static int
+parse_dtype_name(const char *fn, const char *name)
+{
+    for (int i = 0; i < GB_DTYPE_COUNT; i++) {
+        if (ascii_ieq(name, dtype_names[i])) {
+            return i;
+        }
+    }
+    PyErr_Format(PyExc_ValueError, "%s: unknown dtype '%s' (expected one of " DTYPE_LIST ")",
+                 fn, name);
+    return -1;
+}
+
+/* New reference to `obj` as a 2-D uint8 array of raw rows of `dtype`
+ * ([rows, row_bytes], row_bytes a whole number of blocks), C-contiguous.
+ * NULL with TypeError / ValueError naming `fn`, `name` and the shapes. */
+static PyArrayObject *
+raw_rows(PyObject *obj, const char *fn, const char *name, int dtype)
+{
+    if (!PyArray_Check(obj)) {
+        PyErr_Format(PyExc_TypeError,
+                     "%s: %s must be a numpy.ndarray of uint8 (raw %s bytes), got %s", fn,
+                     name, dtype_names[dtype], Py_TYPE(obj)->tp_name);
+        return NULL;
+    }
+    PyArrayObject *a = (PyArrayObject *)obj;
+    if (PyArray_TYPE(a) != NPY_UINT8) {
+        PyErr_Format(PyExc_TypeError,
+                     "%s: %s must be uint8 raw %s bytes [rows, row_bytes], got dtype %S",
+                     fn, name, dtype_names[dtype], (PyObject *)PyArray_DESCR(a));
+        return NULL;
+    }
+    if (PyArray_NDIM(a) != 2) {
+        PyErr_Format(PyExc_ValueError,
+                     "%s: %s must be 2-D [rows, row_bytes] raw %s bytes, got %d-D", fn,
+                     name, dtype_names[dtype], PyArray_NDIM(a));
+        return NULL;
+    }
+    const int64_t bb = gb_dtype_block_bytes(dtype), be = gb_dtype_block_elems(dtype);
+    const int64_t rb = PyArray_DIM(a, 1);
+    if (rb % bb != 0) {
+        PyErr_Format(PyExc_ValueError,
+                     "%s: %s has shape (%lld, %lld): %lld bytes per row is not a whole "
+                     "number of %s blocks (%lld bytes per %lld elements)",
+                     fn, name, (long long)PyArray_DIM(a, 0), (long long)rb, (long long)rb,
+                     dtype_names[dtype], (long long)bb, (long long)be);
+        return NULL;
+    }
+    return (PyArrayObject *)PyArray_FROM_OTF(obj, NPY_UINT8, NPY_ARRAY_IN_ARRAY);
+}
 
 /* Element strides of `a` (ndim <= 3) into out[], or -1 if the array cannot be
  * described by non-negative element strides with a unit innermost stride.
@@ -89,15 +173,35 @@ parse_isa_name(const char *name, gb_isa *out)
 static PyObject *
 py_gemm(PyObject *self, PyObject *args, PyObject *kwds)
 {
-    static char *kwlist[] = {"A", "B", "bias", "trans", "accumulate", "isa", NULL};
-    PyObject *A_obj, *B_obj, *bias_obj = Py_None, *acc_obj = Py_None;
+    static char *kwlist[] = {"A", "B", "bias", "trans", "accumulate", "isa", "dtype", "K",
+                             NULL};
+    PyObject *A_obj, *B_obj, *bias_obj = Py_None, *acc_obj = Py_None, *K_obj = Py_None;
     int trans = 0;
-    const char *isa_name = NULL;
+    const char *isa_name = NULL, *dtype_name = NULL;
     PyArrayObject *A = NULL, *B = NULL, *bias = NULL, *C = NULL;
     PyObject *result = NULL;
 
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OO|O$pOz", kwlist, &A_obj, &B_obj,
-                                     &bias_obj, &trans, &acc_obj, &isa_name)) {
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OO|O$pOzzO", kwlist, &A_obj, &B_obj,
+                                     &bias_obj, &trans, &acc_obj, &isa_name, &dtype_name,
+                                     &K_obj)) {
+        return NULL;
+    }
+    int raw_dtype = -1; /* dtype= given: B is raw bytes of that gb_dtype */
+    if (dtype_name) {
+        raw_dtype = parse_dtype_name("gemm", dtype_name);
+        if (raw_dtype < 0) {
+            return NULL;
+        }
+        if (!trans) {
+            PyErr_Format(PyExc_ValueError,
+                         "gemm: dtype='%s' (raw bytes) needs trans=True: B is stored in "
+                         "the file layout [N, row_bytes]",
+                         dtype_names[raw_dtype]);
+            return NULL;
+        }
+    }
+    else if (K_obj != Py_None) {
+        PyErr_SetString(PyExc_ValueError, "gemm: K= is only used with dtype= (raw bytes)");
         return NULL;
     }
     gb_isa isa = gb_isa_current();
@@ -120,7 +224,12 @@ py_gemm(PyObject *self, PyObject *args, PyObject *kwds)
     if (!A) {
         goto fail;
     }
-    B = as_strided_input(B_obj, "B", &btype, bt, 3);
+    if (raw_dtype >= 0) {
+        B = raw_rows(B_obj, "gemm", "B", raw_dtype);
+    }
+    else {
+        B = as_strided_input(B_obj, "B", &btype, bt, 3);
+    }
     if (!B) {
         goto fail;
     }
@@ -133,14 +242,42 @@ py_gemm(PyObject *self, PyObject *args, PyObject *kwds)
     const int bnd = PyArray_NDIM(B);
     int64_t ast[2], bst[3];
     elem_strides(A, ast);
-    elem_strides(B, bst);
+    if (raw_dtype < 0) {
+        elem_strides(B, bst);
+    }
 
     gb_matrix mat;
     memset(&mat, 0, sizeof mat);
     mat.data = PyArray_DATA(B);
     mat.dtype = btype == NPY_FLOAT32 ? GB_F32 : btype == NPY_UINT16 ? GB_BF16 : GB_F16;
     mat.trans = trans;
-    if (trans) {
+    if (raw_dtype >= 0) {
+        /* raw rows [N, row_bytes] (C-contiguous after raw_rows) */
+        const int64_t be = gb_dtype_block_elems(raw_dtype);
+        const int64_t bb = gb_dtype_block_bytes(raw_dtype);
+        const int64_t row_elems = (int64_t)bs[1] / bb * be;
+        int64_t Kb = row_elems;
+        if (K_obj != Py_None) {
+            Kb = PyLong_AsLongLong(K_obj);
+            if (Kb == -1 && PyErr_Occurred()) {
+                goto fail;
+            }
+            if (Kb < 0 || Kb > row_elems || Kb % be != 0) {
+                PyErr_Format(PyExc_ValueError,
+                             "gemm: K=%lld is not a multiple of the %s block size %lld "
+                             "in [0, %lld] (B has shape (%lld, %lld): %lld elements per row)",
+                             (long long)Kb, dtype_names[raw_dtype], (long long)be,
+                             (long long)row_elems, (long long)bs[0], (long long)bs[1],
+                             (long long)row_elems);
+                goto fail;
+            }
+        }
+        mat.dtype = raw_dtype;
+        mat.N = bs[0];
+        mat.K = Kb;
+        mat.ld = row_elems;
+    }
+    else if (trans) {
         /* file layout: B is [N, K] */
         if (bnd != 2) {
             PyErr_Format(PyExc_ValueError,
@@ -175,15 +312,22 @@ py_gemm(PyObject *self, PyObject *args, PyObject *kwds)
     const int64_t M = as[0], K = as[1], N = mat.N;
     if (K != mat.K) {
         PyObject *bshape = PyObject_GetAttrString((PyObject *)B, "shape");
-        if (bshape) {
+        if (bshape && raw_dtype >= 0) {
+            PyErr_Format(PyExc_ValueError,
+                         "gemm: A has shape (%lld, %lld) but B (raw %s bytes, shape %R) "
+                         "holds K = %lld elements per row: inner dimensions differ",
+                         (long long)M, (long long)K, dtype_names[raw_dtype], bshape,
+                         (long long)mat.K);
+        }
+        else if (bshape) {
             PyErr_Format(PyExc_ValueError,
                          "gemm: A has shape (%lld, %lld) but B has shape %R%s: "
                          "inner dimensions differ (%lld vs %lld)",
                          (long long)M, (long long)K, bshape,
                          trans ? " (trans=True, [N, K])" : "", (long long)K,
                          (long long)mat.K);
-            Py_DECREF(bshape);
         }
+        Py_XDECREF(bshape);
         goto fail;
     }
 
@@ -269,6 +413,126 @@ fail:
     return result;
 }
 
+/* --------------------------------------------- dequantize / embed_rows */
+
+static PyObject *
+py_dequantize(PyObject *self, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"raw", "dtype", NULL};
+    PyObject *raw_obj;
+    const char *dtype_name;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "Os", kwlist, &raw_obj, &dtype_name)) {
+        return NULL;
+    }
+    const int dtype = parse_dtype_name("dequantize", dtype_name);
+    if (dtype < 0) {
+        return NULL;
+    }
+    PyArrayObject *raw = raw_rows(raw_obj, "dequantize", "raw", dtype);
+    if (!raw) {
+        return NULL;
+    }
+    const int64_t N = PyArray_DIM(raw, 0), rb = PyArray_DIM(raw, 1);
+    const int64_t K = rb / gb_dtype_block_bytes(dtype) * gb_dtype_block_elems(dtype);
+    npy_intp dims[2] = {(npy_intp)N, (npy_intp)K};
+    PyArrayObject *out = (PyArrayObject *)PyArray_SimpleNew(2, dims, NPY_FLOAT32);
+    int64_t *rows = out && N > 0 ? PyMem_RawMalloc((size_t)N * sizeof(int64_t)) : NULL;
+    if (out && N > 0 && !rows) {
+        Py_DECREF(out);
+        out = (PyArrayObject *)PyErr_NoMemory();
+    }
+    if (out && N > 0) {
+        /* the gather with tokens 0..N-1 is a parallel row-by-row decode */
+        for (int64_t i = 0; i < N; i++) {
+            rows[i] = i;
+        }
+        const void *src = PyArray_DATA(raw);
+        float *dst = (float *)PyArray_DATA(out);
+        Py_BEGIN_ALLOW_THREADS
+        gb_embed_rows(dst, src, dtype, rows, N, K);
+        Py_END_ALLOW_THREADS
+    }
+    PyMem_RawFree(rows);
+    Py_DECREF(raw);
+    return (PyObject *)out;
+}
+
+static PyObject *
+py_embed_rows(PyObject *self, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"table", "dtype", "tokens", "D", NULL};
+    PyObject *table_obj, *tok_obj;
+    const char *dtype_name;
+    long long D;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OsOL", kwlist, &table_obj, &dtype_name,
+                                     &tok_obj, &D)) {
+        return NULL;
+    }
+    const int dtype = parse_dtype_name("embed_rows", dtype_name);
+    if (dtype < 0) {
+        return NULL;
+    }
+    const int64_t be = gb_dtype_block_elems(dtype);
+    if (D <= 0 || D % be != 0) {
+        PyErr_Format(PyExc_ValueError,
+                     "embed_rows: D=%lld is not a positive multiple of the %s block size %lld",
+                     D, dtype_names[dtype], (long long)be);
+        return NULL;
+    }
+    if (PyArray_Check(tok_obj) && !PyArray_ISINTEGER((PyArrayObject *)tok_obj)) {
+        PyErr_Format(PyExc_TypeError, "embed_rows: tokens must be an integer array, got dtype %S",
+                     (PyObject *)PyArray_DESCR((PyArrayObject *)tok_obj));
+        return NULL;
+    }
+    PyArrayObject *table = raw_rows(table_obj, "embed_rows", "table", dtype);
+    if (!table) {
+        return NULL;
+    }
+    PyArrayObject *tok = NULL, *out = NULL;
+    const int64_t V = PyArray_DIM(table, 0), rb = PyArray_DIM(table, 1);
+    if (gb_dtype_row_bytes(dtype, D) != rb) {
+        PyErr_Format(PyExc_ValueError,
+                     "embed_rows: table has shape (%lld, %lld) but a %s row of D=%lld "
+                     "elements takes %lld bytes",
+                     (long long)V, (long long)rb, dtype_names[dtype], D,
+                     (long long)gb_dtype_row_bytes(dtype, D));
+        goto done;
+    }
+    tok = (PyArrayObject *)PyArray_FROM_OTF(tok_obj, NPY_INT64, NPY_ARRAY_IN_ARRAY);
+    if (!tok) {
+        goto done;
+    }
+    if (PyArray_NDIM(tok) != 1) {
+        PyErr_Format(PyExc_ValueError, "embed_rows: tokens must be 1-D [M], got %d-D",
+                     PyArray_NDIM(tok));
+        goto done;
+    }
+    const int64_t M = PyArray_DIM(tok, 0);
+    const int64_t *t = (const int64_t *)PyArray_DATA(tok);
+    for (int64_t m = 0; m < M; m++) {
+        if (t[m] < 0 || t[m] >= V) {
+            PyErr_Format(PyExc_ValueError,
+                         "embed_rows: tokens[%lld] = %lld is out of range for a table "
+                         "with %lld rows",
+                         (long long)m, (long long)t[m], (long long)V);
+            goto done;
+        }
+    }
+    npy_intp dims[2] = {(npy_intp)M, (npy_intp)D};
+    out = (PyArrayObject *)PyArray_SimpleNew(2, dims, NPY_FLOAT32);
+    if (out && M > 0) {
+        const void *src = PyArray_DATA(table);
+        float *dst = (float *)PyArray_DATA(out);
+        Py_BEGIN_ALLOW_THREADS
+        gb_embed_rows(dst, src, dtype, t, M, (int64_t)D);
+        Py_END_ALLOW_THREADS
+    }
+done:
+    Py_DECREF(table);
+    Py_XDECREF(tok);
+    return (PyObject *)out;
+}
+
 PyMethodDef gb_gemm_methods[] = {
     {"gemm", (PyCFunction)(void (*)(void))py_gemm, METH_VARARGS | METH_KEYWORDS,
      "gemm(A, B, bias=None, *, trans=False, accumulate=None, isa=None) -> ndarray\n\n"
@@ -284,8 +548,23 @@ PyMethodDef gb_gemm_methods[] = {
      "     None for a new array.\n"
      "  isa: 'scalar', 'avx2', 'avx512' forces a path (ValueError if this CPU\n"
      "     lacks it); None uses the selected one (_C.isa()).\n"
+     "  dtype: None, or a GGUF storage type name (" DTYPE_LIST "):\n"
+     "     B is then raw uint8 bytes [N, row_bytes] in the file layout\n"
+     "     (trans=True required), decoded inside the GEMM's packing step.\n"
+     "  K: with dtype, the number of elements of each row used (a multiple of\n"
+     "     the block size); default: all of them (row_bytes / block bytes *\n"
+     "     block elements).\n"
      "Raises TypeError for wrong dtypes, ValueError for shape mismatches,\n"
      "MemoryError if the kernel cannot allocate its packing buffers.\n"
      "The GIL is released while the kernel runs."},
+    {"dequantize", (PyCFunction)(void (*)(void))py_dequantize, METH_VARARGS | METH_KEYWORDS,
+     "dequantize(raw, dtype) -> float32 [N, K]\n\n"
+     "Decode raw GGUF rows (uint8 [N, row_bytes]) of dtype " DTYPE_LIST "\n"
+     "with gb_dequantize_row; bit-identical to gguf.quants.dequantize."},
+    {"embed_rows", (PyCFunction)(void (*)(void))py_embed_rows, METH_VARARGS | METH_KEYWORDS,
+     "embed_rows(table, dtype, tokens, D) -> float32 [M, D]\n\n"
+     "Row tokens[m] of a [V, D] table stored as raw uint8 [V, row_bytes] of\n"
+     "dtype, decoded straight into the output (gb_embed_rows). tokens: 1-D\n"
+     "integers in [0, V)."},
     {NULL, NULL, 0, NULL},
 };

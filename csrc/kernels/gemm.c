@@ -6,8 +6,14 @@
  *    it is the oracle the SIMD paths are tested against and the only path on
  *    non-x86 builds;
  *  - B packing: any gb_matrix layout / dtype -> fp32 panels [kc][NR] with the
- *    columns past N zero-padded (bf16 / f16 are widened here, so the
- *    microkernels only ever see fp32);
+ *    columns past N zero-padded (bf16 / f16 are widened here and GGUF block
+ *    types (trans == 1 only) are decoded here, panel by panel and only over
+ *    the panel's K range, by quant.c's decoders; the microkernels only ever
+ *    see fp32).  For block types the K blocks are whole quant blocks (KC
+ *    rounded down to a multiple of 32 / 256);
+ *  - small-M paths for x @ W^T on AVX2 (M <= 4, generation): fp32 W is read
+ *    in place; block-type W is decoded 4 rows at a time into a per-thread
+ *    buffer and fed to the same dot kernel;
  *  - the blocked driver (GotoBLAS/BLIS style) shared by the SIMD paths, which
  *    supply a "panel" function (gemm_avx2.c, gemm_avx512.c) that runs their
  *    register-blocked microkernel over rows of A against one packed panel.
@@ -84,11 +90,64 @@ static inline int64_t b_offset(const gb_matrix *B, int64_t k, int64_t n) {
     return (n / B->group) * B->group_stride + k * B->ld + (n % B->group);
 }
 
-static int dtype_ok(int dtype) {
-    return dtype == GB_F32 || dtype == GB_BF16 || dtype == GB_F16;
+static int dtype_ok(int dtype) { return dtype >= GB_F32 && dtype < GB_DTYPE_COUNT; }
+
+/* GGUF block types (quant.c): only in the file layout, decoded a whole
+ * number of blocks at a time. */
+static int is_block(int dtype) { return dtype >= GB_Q8_0 && dtype < GB_DTYPE_COUNT; }
+
+/* quant.c (internal): decode n elements of a stored row with the given ISA's
+ * decoders (bit-identical results for every ISA). */
+void gb_dequantize_row_isa(gb_isa isa, float *dst, const void *src, int dtype, int64_t n);
+
+/* Bytes from one stored row of a block-type B to the next. */
+static inline int64_t block_row_bytes(const gb_matrix *B) {
+    return gb_dtype_row_bytes(B->dtype, B->ld);
 }
 
 /* ------------------------------------------------------ scalar reference */
+
+/* Block-type B (file layout): parallel over the N stored rows; each thread
+ * decodes row n once into its own K-float buffer, then forms every C[m, n]
+ * as the same k-ordered fp32 sum as the float path below (so the result is
+ * bitwise the scalar GEMM of the dequantised matrix). */
+static int gemm_scalar_blocks(float *C, int64_t ldc, const float *A, int64_t lda,
+                              const gb_matrix *B, const float *bias, int64_t M,
+                              int accumulate) {
+    const int64_t K = B->K, N = B->N, rb = block_row_bytes(B);
+    const uint8_t *data = (const uint8_t *)B->data;
+    int nthreads = 1;
+#ifdef _OPENMP
+    if (M * N * K > 100000) nthreads = omp_get_max_threads();
+#endif
+    float *rows = malloc((size_t)nthreads * (size_t)K * sizeof(float));
+    if (!rows) return -1;
+#ifdef _OPENMP
+#pragma omp parallel num_threads(nthreads)
+#endif
+    {
+        int tid = 0;
+#ifdef _OPENMP
+        tid = omp_get_thread_num();
+#endif
+        float *w = rows + (size_t)tid * (size_t)K;
+#ifdef _OPENMP
+#pragma omp for schedule(static)
+#endif
+        for (int64_t n = 0; n < N; n++) {
+            gb_dequantize_row_isa(GB_ISA_SCALAR, w, data + n * rb, B->dtype, K);
+            for (int64_t m = 0; m < M; m++) {
+                const float *a = A + m * lda;
+                float s = 0.0f;
+                for (int64_t k = 0; k < K; k++) s += a[k] * w[k];
+                float out = accumulate ? C[m * ldc + n] + s : s;
+                C[m * ldc + n] = bias ? out + bias[n] : out;
+            }
+        }
+    }
+    free(rows);
+    return 0;
+}
 
 /* Oracle: each C element is an fp32 sum over k in increasing order, then
  * C = (accumulate ? C : 0) + sum + bias.  Rows are independent, so OpenMP
@@ -99,6 +158,7 @@ static int gemm_scalar(float *C, int64_t ldc, const float *A, int64_t lda,
     const int64_t K = B->K, N = B->N;
     const void *data = B->data;
     const int dtype = B->dtype;
+    if (is_block(dtype)) return gemm_scalar_blocks(C, ldc, A, lda, B, bias, M, accumulate);
     if (B->trans) {
         /* B(k, n) = data[n*ld + k]: a dot product along contiguous memory. */
 #ifdef _OPENMP
@@ -156,14 +216,31 @@ static int gemm_scalar(float *C, int64_t ldc, const float *A, int64_t lda,
 #define GB_MAX_NR 64
 
 /* dst[k*NR + j] = B(k0 + k, n0 + j) widened to fp32, for k < kc, j < nr;
- * dst[k*NR + j] = 0 for nr <= j < NR (edge panel padding). */
-static void pack_panel(float *restrict dst, const gb_matrix *B, int64_t k0,
-                       int64_t kc, int64_t n0, int64_t nr, int64_t NR) {
+ * dst[k*NR + j] = 0 for nr <= j < NR (edge panel padding).
+ * Block types: k0 and kc are whole blocks (the driver aligns its K blocks),
+ * and each row's kc elements are decoded into `scratch` (>= kc floats) and
+ * then copied down the panel column: only this panel's K range is decoded. */
+static void pack_panel(float *restrict dst, float *restrict scratch,
+                       const gb_matrix *B, int64_t k0, int64_t kc, int64_t n0,
+                       int64_t nr, int64_t NR) {
     const int dtype = B->dtype;
     const void *data = B->data;
     if (nr < NR)
         for (int64_t k = 0; k < kc; k++)
             for (int64_t j = nr; j < NR; j++) dst[k * NR + j] = 0.0f;
+
+    if (is_block(dtype)) {
+        const int64_t rb = block_row_bytes(B);
+        const int64_t off = k0 / gb_dtype_block_elems(dtype) * gb_dtype_block_bytes(dtype);
+        for (int64_t j = 0; j < nr; j++) {
+            const uint8_t *src = (const uint8_t *)data + (n0 + j) * rb + off;
+            /* the blocked driver only runs on SIMD ISAs, all of which have AVX2 */
+            gb_dequantize_row_isa(GB_ISA_AVX2, scratch, src, dtype, kc);
+            float *d = dst + j;
+            for (int64_t k = 0; k < kc; k++) d[k * NR] = scratch[k];
+        }
+        return;
+    }
 
     if (B->trans) {
         /* Source rows n are contiguous in k: read each row once and scatter
@@ -276,6 +353,51 @@ static int gemm_dot_avx2(float *C, int64_t ldc, const float *A, int64_t lda,
     return 0;
 }
 
+/* Small-M x @ W^T with a block-type W on AVX2: per 64-column block, rows are
+ * decoded 4 at a time into a per-thread buffer [4][K] and fed to the same
+ * dot-product kernel as fp32 W (so results equal the fp32 path on the
+ * dequantised matrix).  Each C element belongs to one thread. */
+static int gemm_dot_blocks_avx2(float *C, int64_t ldc, const float *A, int64_t lda,
+                                const gb_matrix *B, const float *bias, int64_t M,
+                                int accumulate) {
+    const int64_t N = B->N, K = B->K, NB = 64, RB = 4, nblocks = (N + NB - 1) / NB;
+    const int64_t rb = block_row_bytes(B);
+    const uint8_t *data = (const uint8_t *)B->data;
+    int nthreads = 1;
+#ifdef _OPENMP
+    if (M * N * K >= 200000) nthreads = omp_get_max_threads();
+#endif
+    const size_t per_thread = ((size_t)(RB * K) + 15) / 16 * 16; /* 64 B multiples */
+    float *bufs = aligned_alloc(64, (size_t)nthreads * per_thread * sizeof(float));
+    if (!bufs) return -1;
+#ifdef _OPENMP
+#pragma omp parallel num_threads(nthreads)
+#endif
+    {
+        int tid = 0;
+#ifdef _OPENMP
+        tid = omp_get_thread_num();
+#endif
+        float *w = bufs + (size_t)tid * per_thread;
+#ifdef _OPENMP
+#pragma omp for schedule(static)
+#endif
+        for (int64_t blk = 0; blk < nblocks; blk++) {
+            const int64_t n1 = blk * NB + NB < N ? blk * NB + NB : N;
+            for (int64_t n0 = blk * NB; n0 < n1; n0 += RB) {
+                const int64_t r = n1 - n0 < RB ? n1 - n0 : RB;
+                for (int64_t i = 0; i < r; i++)
+                    gb_dequantize_row_isa(GB_ISA_AVX2, w + i * K, data + (n0 + i) * rb,
+                                          B->dtype, K);
+                gb_gemm_dot_avx2(C + n0, ldc, A, lda, w, K, M, K, 0, r, accumulate,
+                                 bias ? bias + n0 : NULL);
+            }
+        }
+    }
+    free(bufs);
+    return 0;
+}
+
 /* Tile shapes; gemm_avx2.c / gemm_avx512.c hard-code the same MR and NR. */
 #ifndef GB_AVX2_KC /* overridable for tuning experiments only */
 #define GB_AVX2_KC 384
@@ -309,7 +431,11 @@ static int gemm_blocked(const gb_gemm_kernel *kern, float *C, int64_t ldc,
                         const float *A, int64_t lda, const gb_matrix *B,
                         const float *bias, int64_t M, int accumulate) {
     const int64_t K = B->K, N = B->N;
-    const int64_t MR = kern->mr, NR = kern->nr, KC = kern->kc;
+    const int64_t MR = kern->mr, NR = kern->nr;
+    /* Block types: K blocks are whole quant blocks (KC rounded down to a
+     * multiple of 32 / 256).  Results do not depend on KC. */
+    const int64_t be = gb_dtype_block_elems(B->dtype);
+    const int64_t KC = be > 1 ? (kern->kc >= be ? kern->kc / be * be : be) : kern->kc;
     int nthreads = 1;
 #ifdef _OPENMP
     nthreads = omp_get_max_threads();
@@ -333,10 +459,12 @@ static int gemm_blocked(const gb_gemm_kernel *kern, float *C, int64_t ldc,
      * aligned, no cache-set conflicts from a power-of-two-ish ld). */
     const int direct_ok = M <= MR && B->dtype == GB_F32 && !B->trans;
 
-    /* Per thread, 64-byte aligned: a B panel [KC][NR] and an A block
-     * [mchunk][KC] (packed as MR-row micro-panels). */
+    /* Per thread, 64-byte aligned: a B panel [KC][NR], an A block
+     * [mchunk][KC] (packed as MR-row micro-panels) and, for block types, a
+     * KC-float row decode buffer. */
     const size_t bfl = (size_t)(KC * NR), afl = (size_t)(mchunk * KC);
-    const size_t per_thread = (bfl + afl + 15) / 16 * 16; /* keep 64 B alignment */
+    const size_t sfl = is_block(B->dtype) ? (size_t)KC : 0;
+    const size_t per_thread = (bfl + afl + sfl + 15) / 16 * 16; /* keep 64 B alignment */
     float *bufs = aligned_alloc(64, (size_t)nthreads * per_thread * sizeof(float));
     if (!bufs) return -1;
 
@@ -350,6 +478,7 @@ static int gemm_blocked(const gb_gemm_kernel *kern, float *C, int64_t ldc,
 #endif
         float *bbuf = bufs + (size_t)tid * per_thread;
         float *abuf = bbuf + bfl;
+        float *sbuf = abuf + afl;
         for (int64_t k0 = 0; k0 < K; k0 += KC) {
             const int64_t kc = K - k0 < KC ? K - k0 : KC;
             const int load = k0 > 0 || accumulate;
@@ -381,7 +510,7 @@ static int gemm_blocked(const gb_gemm_kernel *kern, float *C, int64_t ldc,
                          k0 * B->ld + n0 % B->group;
                     ldb = B->ld;
                 } else {
-                    pack_panel(bbuf, B, k0, kc, n0, nr, NR);
+                    pack_panel(bbuf, sbuf, B, k0, kc, n0, nr, NR);
                 }
                 kern->panel(Bp, ldb, kc, nr, abuf, rows, C + m0 * ldc + n0, ldc,
                             load, bias_here ? bias_here + n0 : NULL);
@@ -398,6 +527,11 @@ int gb_gemm_isa(gb_isa isa, float *C, int64_t ldc, const float *A, int64_t lda,
                 const gb_matrix *B, const float *bias, int64_t M, int accumulate) {
     if (!B || !dtype_ok(B->dtype) || M < 0 || B->K < 0 || B->N < 0) return -1;
     if (!B->trans && B->N > 0 && B->group <= 0) return -1;
+    if (is_block(B->dtype)) {
+        /* file layout only; K and the row length whole blocks */
+        const int64_t be = gb_dtype_block_elems(B->dtype);
+        if (!B->trans || B->K % be != 0 || B->ld % be != 0 || B->ld < B->K) return -1;
+    }
     if (M == 0 || B->N == 0) return 0;
     if (B->K == 0) {
         /* empty sum: C = (accumulate ? C : 0) + bias */
@@ -416,6 +550,8 @@ int gb_gemm_isa(gb_isa isa, float *C, int64_t ldc, const float *A, int64_t lda,
         if (!gb_isa_supported(GB_ISA_AVX2)) return -1;
         if (B->trans && B->dtype == GB_F32 && M <= 4)
             return gemm_dot_avx2(C, ldc, A, lda, B, bias, M, accumulate);
+        if (is_block(B->dtype) && M <= 4)
+            return gemm_dot_blocks_avx2(C, ldc, A, lda, B, bias, M, accumulate);
         return gemm_blocked(&kernel_avx2, C, ldc, A, lda, B, bias, M, accumulate);
     case GB_ISA_AVX512:
         if (!gb_isa_supported(GB_ISA_AVX512)) return -1;

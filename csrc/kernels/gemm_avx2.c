@@ -9,6 +9,8 @@
 #include <stdint.h>
 #include <string.h>
 
+#include "kernels.h"
+
 #if defined(__x86_64__) && defined(__GNUC__)
 #include <immintrin.h>
 
@@ -184,6 +186,167 @@ void gb_gemm_dot_avx2(float *C, int64_t ldc, const float *A, int64_t lda,
     case 3: dot_rows(3, C, ldc, A, lda, W, ldw, K, n0, n1, accumulate, bias); break;
     case 4: dot_rows(4, C, ldc, A, lda, W, ldw, K, n0, n1, accumulate, bias); break;
     default: break;
+    }
+}
+
+/* ------------------------------------------------ GGUF block decoders */
+/* AVX2 versions of quant.c's reference decoders (see the format notes
+ * there): the same fp32 operations in the same order, 8 lanes at a time
+ * (separate multiply and add/subtract, never fused: the build's
+ * -std=c11 implies -ffp-contract=off), so the output is bit-identical. */
+
+static inline uint16_t rd16(const uint8_t *p) {
+    return (uint16_t)(p[0] | ((uint16_t)p[1] << 8));
+}
+
+/* IEEE binary16 -> binary32, exact (scalar: one per block). */
+static inline float half_to_float(uint16_t h) {
+    const uint32_t sign = (uint32_t)(h >> 15) << 31;
+    uint32_t e = (h >> 10) & 0x1f, m = h & 0x3ff, bits;
+    if (e == 0x1f) {
+        bits = sign | 0x7f800000u | (m << 13);
+    } else if (e != 0) {
+        bits = sign | ((e + 112) << 23) | (m << 13);
+    } else if (m == 0) {
+        bits = sign;
+    } else {
+        int32_t ex = 113;
+        while (!(m & 0x400)) {
+            m <<= 1;
+            ex--;
+        }
+        bits = sign | ((uint32_t)ex << 23) | ((m & 0x3ff) << 13);
+    }
+    float f;
+    memcpy(&f, &bits, sizeof f);
+    return f;
+}
+
+/* 8 bytes at p, zero-extended to 8 x int32 */
+static inline __m256i u8x8(const uint8_t *p) {
+    long long v;
+    memcpy(&v, p, 8);
+    return _mm256_cvtepu8_epi32(_mm_cvtsi64_si128(v));
+}
+static inline __m256i i8x8(const uint8_t *p) {
+    long long v;
+    memcpy(&v, p, 8);
+    return _mm256_cvtepi8_epi32(_mm_cvtsi64_si128(v));
+}
+
+static inline void dq_q8_0(float *y, const uint8_t *b) {
+    const __m256 d = _mm256_set1_ps(half_to_float(rd16(b)));
+    for (int g = 0; g < 4; g++)
+        _mm256_storeu_ps(y + 8 * g, _mm256_mul_ps(_mm256_cvtepi32_ps(i8x8(b + 2 + 8 * g)), d));
+}
+
+static inline void dq_q4_0(float *y, const uint8_t *b) {
+    const __m256 d = _mm256_set1_ps(half_to_float(rd16(b)));
+    const __m256i m15 = _mm256_set1_epi32(15), e8 = _mm256_set1_epi32(8);
+    for (int g = 0; g < 2; g++) {
+        const __m256i w = u8x8(b + 2 + 8 * g);
+        const __m256i lo = _mm256_sub_epi32(_mm256_and_si256(w, m15), e8);
+        const __m256i hi = _mm256_sub_epi32(_mm256_srli_epi32(w, 4), e8);
+        _mm256_storeu_ps(y + 8 * g, _mm256_mul_ps(d, _mm256_cvtepi32_ps(lo)));
+        _mm256_storeu_ps(y + 16 + 8 * g, _mm256_mul_ps(d, _mm256_cvtepi32_ps(hi)));
+    }
+}
+
+static inline void dq_q4_1(float *y, const uint8_t *b) {
+    const __m256 d = _mm256_set1_ps(half_to_float(rd16(b)));
+    const __m256 m = _mm256_set1_ps(half_to_float(rd16(b + 2)));
+    const __m256i m15 = _mm256_set1_epi32(15);
+    for (int g = 0; g < 2; g++) {
+        const __m256i w = u8x8(b + 4 + 8 * g);
+        const __m256 lo = _mm256_mul_ps(d, _mm256_cvtepi32_ps(_mm256_and_si256(w, m15)));
+        const __m256 hi = _mm256_mul_ps(d, _mm256_cvtepi32_ps(_mm256_srli_epi32(w, 4)));
+        _mm256_storeu_ps(y + 8 * g, _mm256_add_ps(lo, m));
+        _mm256_storeu_ps(y + 16 + 8 * g, _mm256_add_ps(hi, m));
+    }
+}
+
+static inline void dq_q4_k(float *y, const uint8_t *b) {
+    const float d = half_to_float(rd16(b)), dmin = half_to_float(rd16(b + 2));
+    const uint8_t *s = b + 4, *q = b + 16;
+    const __m256i m15 = _mm256_set1_epi32(15);
+    for (int p = 0; p < 4; p++) { /* sub-blocks 2p (low nibbles), 2p+1 (high) */
+        int sc0, mn0, sc1, mn1;
+        if (p < 2) {
+            sc0 = s[2 * p] & 63;
+            mn0 = s[2 * p + 4] & 63;
+            sc1 = s[2 * p + 1] & 63;
+            mn1 = s[2 * p + 5] & 63;
+        } else {
+            const int j0 = 2 * p, j1 = 2 * p + 1;
+            sc0 = (s[j0 + 4] & 15) | ((s[j0 - 4] >> 6) << 4);
+            mn0 = (s[j0 + 4] >> 4) | ((s[j0] >> 6) << 4);
+            sc1 = (s[j1 + 4] & 15) | ((s[j1 - 4] >> 6) << 4);
+            mn1 = (s[j1 + 4] >> 4) | ((s[j1] >> 6) << 4);
+        }
+        const __m256 ds0 = _mm256_set1_ps(d * (float)sc0), dm0 = _mm256_set1_ps(dmin * (float)mn0);
+        const __m256 ds1 = _mm256_set1_ps(d * (float)sc1), dm1 = _mm256_set1_ps(dmin * (float)mn1);
+        const uint8_t *qq = q + 32 * p;
+        float *y0 = y + 64 * p, *y1 = y0 + 32;
+        for (int g = 0; g < 4; g++) {
+            const __m256i w = u8x8(qq + 8 * g);
+            const __m256 lo = _mm256_cvtepi32_ps(_mm256_and_si256(w, m15));
+            const __m256 hi = _mm256_cvtepi32_ps(_mm256_srli_epi32(w, 4));
+            _mm256_storeu_ps(y0 + 8 * g, _mm256_sub_ps(_mm256_mul_ps(ds0, lo), dm0));
+            _mm256_storeu_ps(y1 + 8 * g, _mm256_sub_ps(_mm256_mul_ps(ds1, hi), dm1));
+        }
+    }
+}
+
+static inline void dq_q6_k(float *y, const uint8_t *b) {
+    const uint8_t *ql = b, *qh = b + 128;
+    const int8_t *sc = (const int8_t *)(b + 192);
+    const float d = half_to_float(rd16(b + 208));
+    const __m256i m15 = _mm256_set1_epi32(15), m3 = _mm256_set1_epi32(3),
+                  e32 = _mm256_set1_epi32(32);
+    for (int h = 0; h < 2; h++)
+        for (int g = 0; g < 4; g++) { /* lanes l = 8g .. 8g+7 of each 32-run */
+            const __m256i l0 = u8x8(ql + 64 * h + 8 * g);      /* runs t = 0, 2 */
+            const __m256i l1 = u8x8(ql + 64 * h + 32 + 8 * g); /* runs t = 1, 3 */
+            const __m256i hb = u8x8(qh + 32 * h + 8 * g);
+            __m256i q[4];
+            q[0] = _mm256_or_si256(_mm256_and_si256(l0, m15),
+                                   _mm256_slli_epi32(_mm256_and_si256(hb, m3), 4));
+            q[1] = _mm256_or_si256(_mm256_and_si256(l1, m15),
+                                   _mm256_slli_epi32(_mm256_and_si256(_mm256_srli_epi32(hb, 2), m3), 4));
+            q[2] = _mm256_or_si256(_mm256_srli_epi32(l0, 4),
+                                   _mm256_slli_epi32(_mm256_and_si256(_mm256_srli_epi32(hb, 4), m3), 4));
+            q[3] = _mm256_or_si256(_mm256_srli_epi32(l1, 4),
+                                   _mm256_slli_epi32(_mm256_srli_epi32(hb, 6), 4));
+            for (int t = 0; t < 4; t++) {
+                const int i0 = 128 * h + 32 * t + 8 * g;
+                const __m256 ds = _mm256_set1_ps(d * (float)sc[i0 / 16]);
+                const __m256 qf = _mm256_cvtepi32_ps(_mm256_sub_epi32(q[t], e32));
+                _mm256_storeu_ps(y + i0, _mm256_mul_ps(ds, qf));
+            }
+        }
+}
+
+/* Decode nblocks consecutive blocks of a GGUF block dtype (anything else is
+ * left untouched).  Called by quant.c's gb_dequantize_row_isa. */
+void gb_dequantize_blocks_avx2(float *dst, const uint8_t *src, int dtype, int64_t nblocks) {
+    switch (dtype) {
+    case GB_Q8_0:
+        for (int64_t i = 0; i < nblocks; i++) dq_q8_0(dst + 32 * i, src + 34 * i);
+        break;
+    case GB_Q4_0:
+        for (int64_t i = 0; i < nblocks; i++) dq_q4_0(dst + 32 * i, src + 18 * i);
+        break;
+    case GB_Q4_1:
+        for (int64_t i = 0; i < nblocks; i++) dq_q4_1(dst + 32 * i, src + 20 * i);
+        break;
+    case GB_Q4_K:
+        for (int64_t i = 0; i < nblocks; i++) dq_q4_k(dst + 256 * i, src + 144 * i);
+        break;
+    case GB_Q6_K:
+        for (int64_t i = 0; i < nblocks; i++) dq_q6_k(dst + 256 * i, src + 210 * i);
+        break;
+    default:
+        break;
     }
 }
 

@@ -43,9 +43,34 @@ int gb_isa_set(gb_isa isa);
 const char *gb_isa_forced_error(void);
 
 /* ----------------------------------------------------------------- GEMM */
-/* Weight element types. Only GB_F32 is implemented in the engine today; the
- * others are the roadmap (widened / dequantised inside the packing step). */
-typedef enum { GB_F32 = 0, GB_BF16 = 1, GB_F16 = 2 } gb_dtype;
+/* Weight storage types. Floating types work in both layouts; the GGUF block
+ * types (ggml's block formats, weights only) only in the file layout
+ * (trans == 1), where each of the N stored rows is a run of blocks along K.
+ * All are widened / dequantised to fp32 inside the GEMM's packing step, never
+ * expanded in RAM. */
+typedef enum {
+    GB_F32 = 0,
+    GB_BF16 = 1,
+    GB_F16 = 2,
+    GB_Q8_0 = 3, /* 32 elems: f16 d, 32 x int8 q;            x = d * q              */
+    GB_Q4_0 = 4, /* 32 elems: f16 d, 16 bytes of nibbles;    x = d * (q - 8)        */
+    GB_Q4_1 = 5, /* 32 elems: f16 d, f16 m, 16 bytes;        x = d * q + m          */
+    GB_Q4_K = 6, /* 256 elems: f16 d, f16 dmin, 12 B scales, 128 B nibbles          */
+    GB_Q6_K = 7, /* 256 elems: 128 B low 4 bits, 64 B high 2 bits, 16 int8 scales, f16 d */
+    GB_DTYPE_COUNT
+} gb_dtype;
+
+/* Elements per block (1 for float types) and bytes per block. */
+int64_t gb_dtype_block_elems(int dtype);
+int64_t gb_dtype_block_bytes(int dtype);
+/* Bytes of one stored row of n elements (n a multiple of the block size). */
+int64_t gb_dtype_row_bytes(int dtype, int64_t n);
+/* dst[0:n] = the n elements (n a multiple of the block size) stored at src. */
+void gb_dequantize_row(float *dst, const void *src, int dtype, int64_t n);
+/* out[m, :] = row tokens[m] of a [V, D] table stored as rows of `dtype`
+ * (an embedding gather that widens / dequantises one row at a time). */
+void gb_embed_rows(float *out, const void *table, int dtype, const int64_t *tokens,
+                   int64_t M, int64_t D);
 
 /* A logical K x N right-hand matrix B, described without copying it.
  *  trans == 0 ("x @ W", TransformerLens layout, possibly per-head):
@@ -54,7 +79,9 @@ typedef enum { GB_F32 = 0, GB_BF16 = 1, GB_F16 = 2 } gb_dtype;
  *      TL per-head W_Q [H, D, d] seen as [D, H*d]: group = d,
  *      group_stride = D*d, ld = d
  *  trans == 1 ("x @ W^T", file layout [out, in] as in HF nn.Linear / GGUF):
- *      B(k, n) = data[n * ld + k]
+ *      B(k, n) = data[n * ld + k]           (float types; ld in elements)
+ *      block types: row n starts at byte n * gb_dtype_row_bytes(dtype, ld)
+ *      and holds ld >= K elements (ld a multiple of the block size)
  */
 typedef struct {
     const void *data;

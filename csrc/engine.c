@@ -138,16 +138,15 @@ static int apply_norm(gb_state *s, int type, const float *w, const float *b, flo
 /* Columns [h*d, (h+1)*d) of a [K, N] weight: head h's [K, d] block. */
 static gb_matrix head_block(const gb_matrix *W, int64_t h, int64_t d) {
     gb_matrix m = *W;
-    const size_t esize = W->dtype == GB_F32 ? 4 : 2;
-    int64_t offset;
+    int64_t offset; /* bytes */
     if (W->trans) {
-        offset = h * d * W->ld;               /* rows of the [N, K] storage */
+        offset = h * d * gb_dtype_row_bytes(W->dtype, W->ld); /* rows of [N, K] storage */
     } else if (W->group == d) {
-        offset = h * W->group_stride;         /* per-head [H, K, d] storage */
+        offset = h * W->group_stride * gb_dtype_block_bytes(W->dtype); /* [H, K, d] storage */
     } else {
-        offset = h * d;                       /* plain [K, N] storage */
+        offset = h * d * gb_dtype_block_bytes(W->dtype); /* plain [K, N] storage */
     }
-    m.data = (const char *)W->data + (size_t)offset * esize;
+    m.data = (const char *)W->data + offset;
     m.N = d;
     if (!W->trans) {
         m.group = d;
@@ -156,21 +155,31 @@ static gb_matrix head_block(const gb_matrix *W, int64_t h, int64_t d) {
     return m;
 }
 
-/* Rows [h*d, (h+1)*d) of a [K, N] weight (W_O's head h, for hook_result). */
-static gb_matrix head_rows(const gb_matrix *W, int64_t h, int64_t d) {
-    gb_matrix m = *W;
-    const size_t esize = W->dtype == GB_F32 ? 4 : 2;
-    int64_t offset = W->trans ? h * d : h * d * W->ld;
-    m.data = (const char *)W->data + (size_t)offset * esize;
-    m.K = d;
-    return m;
+/* Rows [h*d, (h+1)*d) of a [K, N] weight (W_O's head h, for hook_result).
+ * Returns 0 when the slice cannot be addressed: quantised storage whose
+ * blocks straddle a head boundary along K. */
+static int head_rows(gb_matrix *m, const gb_matrix *W, int64_t h, int64_t d) {
+    *m = *W;
+    int64_t offset; /* bytes */
+    if (W->trans) {
+        if ((h * d) % gb_dtype_block_elems(W->dtype)) return 0;
+        offset = gb_dtype_row_bytes(W->dtype, h * d);
+    } else {
+        offset = h * d * W->ld * gb_dtype_block_bytes(W->dtype);
+    }
+    m->data = (const char *)W->data + offset;
+    m->K = d;
+    return 1;
 }
 
 /* --------------------------------------------------------------- stages */
 static int embed_stage(gb_state *s) {
     const gb_config *c = s->cfg;
     const int64_t D = c->d_model, M = s->M;
-    gb_embed(s->resid, s->w->W_E, s->run->tokens, M, D);
+    if (s->w->W_E_dtype == GB_F32)
+        gb_embed(s->resid, (const float *)s->w->W_E, s->run->tokens, M, D);
+    else
+        gb_embed_rows(s->resid, s->w->W_E, s->w->W_E_dtype, s->run->tokens, M, D);
     if (fire3(s, GB_SITE_EMBED, -1, s->resid, s->B, s->P, D)) return -1;
     if (c->pos == GB_POS_STANDARD) {
         float *pe = s->tmp;
@@ -304,9 +313,19 @@ static int attention_stage(gb_state *s, int64_t l) {
     if (c->use_attn_result) {
         /* per-head results [M, H, D] without b_O, then their sum + b_O */
         for (int64_t h = 0; h < H; h++) {
-            gb_matrix Wh = head_rows(&lw->W_O, h, d);
-            if (gb_gemm(s->result + h * D, H * D, s->z + h * d, H * d, &Wh, NULL, M, 0))
-                return -2;
+            gb_matrix Wh;
+            if (head_rows(&Wh, &lw->W_O, h, d)) {
+                if (gb_gemm(s->result + h * D, H * D, s->z + h * d, H * d, &Wh, NULL, M, 0))
+                    return -2;
+            } else {
+                /* head h's rows are not addressable in the quantised storage:
+                 * multiply the whole W_O by z with every other head zeroed */
+                float *zh = s->q; /* q is dead after the attention */
+                memset(zh, 0, (size_t)(M * H * d) * sizeof(float));
+                for (int64_t m = 0; m < M; m++)
+                    memcpy(zh + m * H * d + h * d, s->z + m * H * d + h * d, (size_t)d * sizeof(float));
+                if (gb_gemm(s->result + h * D, H * D, zh, H * d, &lw->W_O, NULL, M, 0)) return -2;
+            }
         }
         if (fire4(s, GB_SITE_RESULT, l, 0, s->result, B, P, H, D, 1)) return -1;
         for (int64_t m = 0; m < M; m++) {
@@ -376,6 +395,18 @@ static int final_stage(gb_state *s) {
     }
     if (fire3(s, GB_SITE_UNEMBED_IN, -1, x, s->B, s->P, D)) return -1;
     if (gb_gemm(s->run->out, V, x, D, &s->w->W_U, s->w->b_U, M, 0)) return -2;
+    if (c->center_unembed_logits) {
+        float *lg = s->run->out;
+#ifdef _OPENMP
+#pragma omp parallel for schedule(static)
+#endif
+        for (int64_t m = 0; m < M; m++) {
+            double sum = 0.0;
+            for (int64_t v = 0; v < V; v++) sum += lg[m * V + v];
+            const float mean = (float)(sum / (double)V);
+            for (int64_t v = 0; v < V; v++) lg[m * V + v] -= mean;
+        }
+    }
     return fire3(s, GB_SITE_UNEMBED_OUT, -1, s->run->out, s->B, s->P, V);
 }
 

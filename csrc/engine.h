@@ -82,6 +82,9 @@ typedef struct {
     int64_t window; /* sliding window; <= 0 none */
     /* TransformerLens flag-gated hook points */
     int use_attn_result, use_split_qkv_input, use_attn_in, use_hook_mlp_in;
+    /* subtract each position's mean over the vocabulary from the logits
+     * (TL's center_unembed without editing a W_U kept quantised) */
+    int center_unembed_logits;
 } gb_config;
 
 typedef struct {
@@ -95,7 +98,8 @@ typedef struct {
 } gb_layer_weights;
 
 typedef struct {
-    const float *W_E;             /* [d_vocab, D] */
+    const void *W_E;              /* [d_vocab, D] rows of W_E_dtype (a lookup table) */
+    int W_E_dtype;                /* gb_dtype */
     const float *W_pos;           /* [n_ctx, D], standard positions */
     const float *rotary_inv_freq; /* [rotary_dim / 2], rotary */
     const float *lnf_w, *lnf_b;   /* [D] or NULL */

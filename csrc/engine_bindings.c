@@ -197,6 +197,76 @@ static gb_matrix per_head_matrix(const float *data, int64_t heads, int64_t K, in
     return m;
 }
 
+static const char *const dtype_names[GB_DTYPE_COUNT] = {"F32",  "BF16", "F16",  "Q8_0",
+                                                         "Q4_0", "Q4_1", "Q4_K", "Q6_K"};
+
+/* A matrix weight for x @ W with W logically [K, N]. Either a float32 ndarray
+ * in TL layout (`tl_kind`: 0 plain [K, N], 1 per-head [heads, K, d], 2 per-head
+ * [heads, d, N] = plain [heads*d, N]) or ("rows", storage, dtype, N, K) in the
+ * file layout. Returns 1 if found, 0 if absent and optional, -1 on error. */
+enum { TL_PLAIN = 0, TL_HEADS_IN = 1, TL_HEADS_OUT = 2 };
+static int matrix_weight(GbModel *self, PyObject *weights, const char *name, int required,
+                         int tl_kind, int64_t heads, int64_t K, int64_t N, gb_matrix *out) {
+    PyObject *v = PyDict_GetItemString(weights, name);
+    int err = 0;
+    if (v && PyTuple_Check(v)) {
+        PyObject *storage, *tag;
+        const char *dtype_s;
+        long long rows, cols;
+        if (!PyArg_ParseTuple(v, "OOsLL", &tag, &storage, &dtype_s, &rows, &cols) ||
+            !PyUnicode_Check(tag) || PyUnicode_CompareWithASCIIString(tag, "rows") != 0) {
+            PyErr_Clear();
+            PyErr_Format(PyExc_TypeError,
+                         "weight '%s' must be a float32 array or (\"rows\", storage, dtype, n_rows, n_cols)",
+                         name);
+            return -1;
+        }
+        int dt = 0;
+        if (lookup_name("weight dtype", dtype_s, dtype_names, GB_DTYPE_COUNT, &dt)) return -1;
+        if (rows != N || cols != K) {
+            PyErr_Format(PyExc_ValueError, "weight '%s' stored as [%lld, %lld] rows, expected [%lld, %lld]",
+                         name, rows, cols, (long long)N, (long long)K);
+            return -1;
+        }
+        if (K % gb_dtype_block_elems(dt)) {
+            PyErr_Format(PyExc_ValueError, "weight '%s': %s rows need a multiple of %lld elements, got %lld",
+                         name, dtype_s, (long long)gb_dtype_block_elems(dt), (long long)K);
+            return -1;
+        }
+        if (!PyArray_Check(storage) || !PyArray_IS_C_CONTIGUOUS((PyArrayObject *)storage)) {
+            PyErr_Format(PyExc_TypeError, "weight '%s': storage must be a C-contiguous numpy array", name);
+            return -1;
+        }
+        int64_t want = N * gb_dtype_row_bytes(dt, K);
+        if ((int64_t)PyArray_NBYTES((PyArrayObject *)storage) != want) {
+            PyErr_Format(PyExc_ValueError, "weight '%s': %s storage of [%lld, %lld] needs %lld bytes, got %lld",
+                         name, dtype_s, (long long)N, (long long)K, (long long)want,
+                         (long long)PyArray_NBYTES((PyArrayObject *)storage));
+            return -1;
+        }
+        if (PyDict_SetItemString(self->arrays, name, storage) < 0) return -1;
+        gb_matrix m = {.data = PyArray_DATA((PyArrayObject *)storage), .dtype = dt, .trans = 1,
+                       .K = K, .N = N, .ld = K, .group = 0, .group_stride = 0};
+        *out = m;
+        return 1;
+    }
+    const float *p;
+    if (tl_kind == TL_HEADS_IN) {
+        int64_t sh[3] = {heads, K, N / heads};
+        p = weight(self, weights, name, required, 3, sh, &err);
+        if (p) *out = per_head_matrix(p, heads, K, N / heads);
+    } else if (tl_kind == TL_HEADS_OUT) {
+        int64_t sh[3] = {heads, K / heads, N};
+        p = weight(self, weights, name, required, 3, sh, &err);
+        if (p) *out = plain_matrix(p, K, N);
+    } else {
+        int64_t sh[2] = {K, N};
+        p = weight(self, weights, name, required, 2, sh, &err);
+        if (p) *out = plain_matrix(p, K, N);
+    }
+    return err ? -1 : (p ? 1 : 0);
+}
+
 /* ------------------------------------------------------------- Model */
 static void Model_dealloc(GbModel *self) {
     PyMem_Free(self->layers);
@@ -249,7 +319,8 @@ static int Model_init(GbModel *self, PyObject *args, PyObject *kwds) {
         cfg_bool(cfg, "scale_attn_by_inverse_layer_idx", &c.scale_attn_by_inverse_layer_idx) ||
         cfg_int(cfg, "rotary_dim", 0, 0, &c.rotary_dim) ||
         cfg_bool(cfg, "rotary_adjacent_pairs", &c.rotary_adjacent_pairs) ||
-        cfg_int(cfg, "window_size", 0, 0, &tmp) || parse_flags(&c, cfg))
+        cfg_int(cfg, "window_size", 0, 0, &tmp) || parse_flags(&c, cfg) ||
+        cfg_bool(cfg, "center_unembed_logits", &c.center_unembed_logits))
         return -1;
     c.window = tmp;
     {
@@ -300,7 +371,19 @@ static int Model_init(GbModel *self, PyObject *args, PyObject *kwds) {
     int err = 0;
     gb_weights *w = &self->w;
     int64_t sh_VD[2] = {c.d_vocab, D}, sh_ND[2] = {c.n_ctx, D}, sh_D[1] = {D};
-    w->W_E = weight(self, weights, "embed.W_E", 1, 2, sh_VD, &err);
+    {
+        gb_matrix E;
+        /* the embedding is a lookup table: as a "matrix" it is [D, V] in TL
+         * layout terms, or V stored rows of D values */
+        PyObject *ev = PyDict_GetItemString(weights, "embed.W_E");
+        if (ev && PyTuple_Check(ev)) {
+            if (matrix_weight(self, weights, "embed.W_E", 1, TL_PLAIN, 0, D, c.d_vocab, &E) < 0) err = 1;
+            else { w->W_E = E.data; w->W_E_dtype = E.dtype; }
+        } else {
+            w->W_E = weight(self, weights, "embed.W_E", 1, 2, sh_VD, &err);
+            w->W_E_dtype = GB_F32;
+        }
+    }
     if (!err && c.pos == GB_POS_STANDARD) w->W_pos = weight(self, weights, "pos_embed.W_pos", 1, 2, sh_ND, &err);
     if (!err && c.pos == GB_POS_ROTARY) {
         int64_t sh[1] = {c.rotary_dim / 2};
@@ -311,16 +394,23 @@ static int Model_init(GbModel *self, PyObject *args, PyObject *kwds) {
     if (!err && c.final_norm == GB_NORM_LN) w->lnf_b = weight(self, weights, "ln_final.b", 0, 1, sh_D, &err);
     PyObject *WU = err ? NULL : PyDict_GetItemString(weights, "unembed.W_U");
     if (!err) {
-        if (!WU || !PyArray_Check(WU) || PyArray_NDIM((PyArrayObject *)WU) != 2) {
-            PyErr_SetString(PyExc_ValueError, "weight 'unembed.W_U' must be a 2-D array [d_model, d_vocab_out]");
-            err = 1;
-        } else {
+        if (WU && PyTuple_Check(WU) && PyTuple_GET_SIZE(WU) == 5) {
+            long long rows = PyLong_AsLongLong(PyTuple_GET_ITEM(WU, 3));
+            if (rows == -1 && PyErr_Occurred()) err = 1;
+            c.d_vocab_out = rows;
+        } else if (WU && PyArray_Check(WU) && PyArray_NDIM((PyArrayObject *)WU) == 2) {
             c.d_vocab_out = PyArray_DIM((PyArrayObject *)WU, 1);
-            self->cfg.d_vocab_out = c.d_vocab_out;
-            int64_t sh[2] = {D, c.d_vocab_out}, shb[1] = {c.d_vocab_out};
-            const float *p = weight(self, weights, "unembed.W_U", 1, 2, sh, &err);
-            if (!err) w->W_U = plain_matrix(p, D, c.d_vocab_out);
-            if (!err) w->b_U = weight(self, weights, "unembed.b_U", 0, 1, shb, &err);
+        } else {
+            PyErr_SetString(PyExc_ValueError,
+                            "weight 'unembed.W_U' must be a 2-D float32 array [d_model, d_vocab_out] "
+                            "or (\"rows\", storage, dtype, d_vocab_out, d_model)");
+            err = 1;
+        }
+        self->cfg.d_vocab_out = c.d_vocab_out;
+        if (!err && matrix_weight(self, weights, "unembed.W_U", 1, TL_PLAIN, 0, D, c.d_vocab_out, &w->W_U) < 0) err = 1;
+        if (!err) {
+            int64_t shb[1] = {c.d_vocab_out};
+            w->b_U = weight(self, weights, "unembed.b_U", 0, 1, shb, &err);
         }
     }
     int blk_has_w = c.norm == GB_NORM_LN || c.norm == GB_NORM_RMS;
@@ -328,8 +418,7 @@ static int Model_init(GbModel *self, PyObject *args, PyObject *kwds) {
         gb_layer_weights *lw = &layers[l];
         char name[96];
 #define NAME(suffix) (snprintf(name, sizeof name, "blocks.%lld." suffix, (long long)l), name)
-        int64_t sQ[3] = {H, D, d}, sK[3] = {G, D, d}, sO[3] = {H, d, D}, sbQ[2] = {H, d},
-                sbK[2] = {G, d}, sIn[2] = {D, Dm}, sOut[2] = {Dm, D}, sM[1] = {Dm};
+        int64_t sbQ[2] = {H, d}, sbK[2] = {G, d}, sM[1] = {Dm};
         if (blk_has_w) {
             lw->ln1_w = weight(self, weights, NAME("ln1.w"), 1, 1, sh_D, &err);
             if (!err) lw->ln2_w = weight(self, weights, NAME("ln2.w"), 1, 1, sh_D, &err);
@@ -338,19 +427,18 @@ static int Model_init(GbModel *self, PyObject *args, PyObject *kwds) {
                 if (!err) lw->ln2_b = weight(self, weights, NAME("ln2.b"), 0, 1, sh_D, &err);
             }
         }
-        const float *p;
-        if (!err && (p = weight(self, weights, NAME("attn.W_Q"), 1, 3, sQ, &err))) lw->W_Q = per_head_matrix(p, H, D, d);
-        if (!err && (p = weight(self, weights, NAME("attn.W_K"), 1, 3, sK, &err))) lw->W_K = per_head_matrix(p, G, D, d);
-        if (!err && (p = weight(self, weights, NAME("attn.W_V"), 1, 3, sK, &err))) lw->W_V = per_head_matrix(p, G, D, d);
-        if (!err && (p = weight(self, weights, NAME("attn.W_O"), 1, 3, sO, &err))) lw->W_O = plain_matrix(p, H * d, D);
+        if (!err && matrix_weight(self, weights, NAME("attn.W_Q"), 1, TL_HEADS_IN, H, D, H * d, &lw->W_Q) < 0) err = 1;
+        if (!err && matrix_weight(self, weights, NAME("attn.W_K"), 1, TL_HEADS_IN, G, D, G * d, &lw->W_K) < 0) err = 1;
+        if (!err && matrix_weight(self, weights, NAME("attn.W_V"), 1, TL_HEADS_IN, G, D, G * d, &lw->W_V) < 0) err = 1;
+        if (!err && matrix_weight(self, weights, NAME("attn.W_O"), 1, TL_HEADS_OUT, H, H * d, D, &lw->W_O) < 0) err = 1;
         if (!err) lw->b_Q = weight(self, weights, NAME("attn.b_Q"), 0, 2, sbQ, &err);
         if (!err) lw->b_K = weight(self, weights, NAME("attn.b_K"), 0, 2, sbK, &err);
         if (!err) lw->b_V = weight(self, weights, NAME("attn.b_V"), 0, 2, sbK, &err);
         if (!err) lw->b_O = weight(self, weights, NAME("attn.b_O"), 0, 1, sh_D, &err);
-        if (!err && (p = weight(self, weights, NAME("mlp.W_in"), 1, 2, sIn, &err))) lw->W_in = plain_matrix(p, D, Dm);
-        if (!err && c.gated_mlp && (p = weight(self, weights, NAME("mlp.W_gate"), 1, 2, sIn, &err)))
-            lw->W_gate = plain_matrix(p, D, Dm);
-        if (!err && (p = weight(self, weights, NAME("mlp.W_out"), 1, 2, sOut, &err))) lw->W_out = plain_matrix(p, Dm, D);
+        if (!err && matrix_weight(self, weights, NAME("mlp.W_in"), 1, TL_PLAIN, 0, D, Dm, &lw->W_in) < 0) err = 1;
+        if (!err && c.gated_mlp &&
+            matrix_weight(self, weights, NAME("mlp.W_gate"), 1, TL_PLAIN, 0, D, Dm, &lw->W_gate) < 0) err = 1;
+        if (!err && matrix_weight(self, weights, NAME("mlp.W_out"), 1, TL_PLAIN, 0, Dm, D, &lw->W_out) < 0) err = 1;
         if (!err) lw->b_in = weight(self, weights, NAME("mlp.b_in"), 0, 1, sM, &err);
         if (!err) lw->b_out = weight(self, weights, NAME("mlp.b_out"), 0, 1, sh_D, &err);
 #undef NAME

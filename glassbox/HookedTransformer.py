@@ -27,7 +27,6 @@ not available (no autograd).
 from __future__ import annotations
 
 import logging
-import math
 from typing import Any, Dict, Iterable, List, NamedTuple, Optional, Sequence, Tuple, Union
 
 import numpy as np
@@ -54,6 +53,8 @@ from glassbox.hook_points import (
     _make_names_filter,
     _store_activation,
 )
+from glassbox.loading.stored import StoredMatrix
+from glassbox.loading.arch_llama import rotary_inv_freq
 from glassbox.tokenization import Tokenizer
 from glassbox.utils import USE_DEFAULT_VALUE, LocallyOverridenDefaults, Slice
 
@@ -72,11 +73,15 @@ class Output(NamedTuple):
 class _RunState:
     """Per-forward bookkeeping shared with the engine callback."""
 
-    __slots__ = ("torch_mode", "site_names")
+    __slots__ = ("torch_mode", "site_names", "final_w", "final_normalized", "cache_into")
 
     def __init__(self, torch_mode: bool, site_names: Dict[Tuple[int, int], str]):
         self.torch_mode = torch_mode
         self.site_names = site_names
+        # virtually folded ln_final (see _dispatch_virtual_final)
+        self.final_w: Optional[np.ndarray] = None
+        self.final_normalized: Optional[np.ndarray] = None
+        self.cache_into: Dict[str, Dict[str, np.ndarray]] = {}
 
 
 class _CacheRequest:
@@ -99,42 +104,6 @@ def _c_module():
             "`python setup.py build_ext --inplace` or `pip install .`"
         ) from exc
     return _C
-
-
-def rotary_inv_freq(cfg: HookedTransformerConfig) -> np.ndarray:
-    """RoPE inverse frequencies [rotary_dim/2] in float32, computed as Hugging Face does
-    (``1 / base**(arange(0, R, 2)/R)``), with Llama-3 NTK-by-parts or linear scaling."""
-    R = int(cfg.rotary_dim)
-    base = float(cfg.rotary_base)
-    if _arr.torch_available():
-        torch = _arr.get_torch()
-        inv = 1.0 / (base ** (torch.arange(0, R, 2, dtype=torch.int64).float() / R))
-        if cfg.use_NTK_by_parts_rope:
-            inv = _ntk_by_parts(inv, cfg, torch.where, math.pi)
-        elif cfg.rotary_scaling_factor != 1.0:
-            inv = inv / cfg.rotary_scaling_factor
-        return np.ascontiguousarray(inv.numpy(), dtype=np.float32)
-    exps = np.arange(0, R, 2, dtype=np.int64).astype(np.float32) / np.float32(R)
-    inv = (np.float32(1.0) / np.power(np.float32(base), exps)).astype(np.float32)
-    if cfg.use_NTK_by_parts_rope:
-        inv = _ntk_by_parts(inv, cfg, np.where, math.pi).astype(np.float32)
-    elif cfg.rotary_scaling_factor != 1.0:
-        inv = (inv / np.float32(cfg.rotary_scaling_factor)).astype(np.float32)
-    return np.ascontiguousarray(inv, dtype=np.float32)
-
-
-def _ntk_by_parts(inv: Any, cfg: HookedTransformerConfig, where, pi: float) -> Any:
-    """Llama-3 rope scaling ("llama3" rope_type in Hugging Face)."""
-    factor = cfg.NTK_by_parts_factor
-    low, high = cfg.NTK_by_parts_low_freq_factor, cfg.NTK_by_parts_high_freq_factor
-    old_len = cfg.NTK_original_ctx_len
-    low_wavelen, high_wavelen = old_len / low, old_len / high
-    wavelen = 2 * pi / inv
-    scaled = where(wavelen > low_wavelen, inv / factor, inv)
-    smooth = (old_len / wavelen - low) / (high - low)
-    smoothed = (1 - smooth) * scaled / factor + smooth * scaled
-    medium = ~(wavelen < high_wavelen) * ~(wavelen > low_wavelen)
-    return where(medium, smoothed, scaled)
 
 
 def _default_init(cfg: HookedTransformerConfig, seed: Optional[int]) -> Dict[str, np.ndarray]:
@@ -185,6 +154,7 @@ class HookedTransformer(HookedRootModule):
         self._run: Optional[_RunState] = None
         self._cache_request: Optional[_CacheRequest] = None
         self._ungrouped: Dict[str, np.ndarray] = {}
+        self._virtual = None  # glassbox.loading.virtual.VirtualProcessing for stored-dtype weights
         self.tokenizer: Optional[Tokenizer] = None
         if tokenizer is not None:
             self.set_tokenizer(tokenizer, default_padding_side=default_padding_side)
@@ -217,8 +187,11 @@ class HookedTransformer(HookedRootModule):
         if kind is not None:
             self.ln_final = make_norm(kind, cfg)
         self.unembed = Unembed(cfg)
-        for module in self._components():
-            object.__setattr__(module, "_on_replace", self._mark_dirty)
+        for mod_name, module in self.named_modules():
+            if isinstance(module, Component):
+                object.__setattr__(module, "_on_replace", self._mark_dirty)
+                object.__setattr__(module, "_materialise", self._materialise_param)
+                object.__setattr__(module, "_prefix", f"{mod_name}." if mod_name else "")
         self.setup()
 
     def _components(self) -> Iterable[Component]:
@@ -228,6 +201,18 @@ class HookedTransformer(HookedRootModule):
 
     def _mark_dirty(self) -> None:
         self._engine_dirty = True
+
+    def _materialise_param(self, name: str, value: StoredMatrix) -> np.ndarray:
+        """TL-layout float32 copy of a stored-dtype weight, with virtual processing applied."""
+        if self._virtual is not None:
+            return self._virtual.view(name, value)
+        return value.to_tl()
+
+    @property
+    def has_stored_weights(self) -> bool:
+        """True if some weight matrices are kept in their stored dtype (bf16/f16/GGUF blocks);
+        those read back as float32 copies and cannot be edited."""
+        return any(isinstance(v, StoredMatrix) for v in self._state_dict_np().values())
 
     def _param_slots(self) -> Dict[str, Tuple[Component, str]]:
         """``{state-dict name: (component, param name)}`` for the current config."""
@@ -258,6 +243,7 @@ class HookedTransformer(HookedRootModule):
             sd = _default_init(self.cfg, seed)
         else:
             sd = _init(self.cfg, seed=seed)
+        self._virtual = None
         self._set_state(sd)
 
     def _set_state(self, sd: Dict[str, Any], strict: bool = True) -> None:
@@ -285,27 +271,40 @@ class HookedTransformer(HookedRootModule):
         for k, v in sd.items():
             if k not in slots:
                 continue
-            arr = to_numpy(v)
+            arr = v if isinstance(v, StoredMatrix) else to_numpy(v)
             if tuple(arr.shape) != tuple(shapes[k]):
                 raise ValueError(f"parameter {k!r} has shape {tuple(arr.shape)}, expected {tuple(shapes[k])}")
             module, leaf = slots[k]
-            module._params[leaf] = np.array(arr, dtype=np.float32, order="C")
+            if self._virtual is not None and k in self._virtual.scales and not isinstance(arr, StoredMatrix):
+                raise ValueError(
+                    f"cannot replace {k!r} alone: this model keeps weights in their stored dtype with "
+                    f"layer norms folded virtually; load a complete state dict (strict=True) instead")
+            if isinstance(arr, StoredMatrix):
+                module._params[leaf] = arr  # kept in its stored dtype, never copied
+            else:
+                module._params[leaf] = np.array(arr, dtype=np.float32, order="C")
         self._engine_dirty = True
 
     def state_dict(self) -> Dict[str, Any]:
-        """Parameters by TransformerLens name (views of the model's buffers)."""
+        """Parameters by TransformerLens name (views of the model's buffers; float32 copies,
+        processed as the model computes, for weights kept in their stored dtype)."""
         torch_mode = wants_torch()
         out = {}
         for name, (module, leaf) in self._param_slots().items():
             if leaf in module._params:
-                out[name] = wrap(module._params[leaf], torch_mode)
+                out[name] = wrap(module.param_np(leaf), torch_mode)
         return out
 
-    def _state_dict_np(self) -> Dict[str, np.ndarray]:
+    def _state_dict_np(self) -> Dict[str, Any]:
+        """Raw parameters: float32 arrays, or StoredMatrix for stored-dtype weights."""
         return {n: m._params[leaf] for n, (m, leaf) in self._param_slots().items() if leaf in m._params}
 
     def load_state_dict(self, state_dict: Dict[str, Any], strict: bool = True) -> None:
         """Load TL-named parameters as they are (no processing). TL buffers are ignored."""
+        from glassbox.loading.virtual import has_stored
+
+        if strict and not has_stored(state_dict):
+            self._virtual = None  # every weight replaced by a plain float32 one
         self._set_state(dict(state_dict), strict=strict)
 
     def load_and_process_state_dict(
@@ -317,8 +316,12 @@ class HookedTransformer(HookedRootModule):
         fold_value_biases: bool = True,
         refactor_factored_attn_matrices: bool = False,
     ) -> None:
-        """Load a TL-layout state dict, then apply TransformerLens's weight processing."""
-        sd = {k: to_numpy(v) for k, v in state_dict.items() if not k.endswith(_BUFFER_SUFFIXES)}
+        """Load a TL-layout state dict, then apply TransformerLens's weight processing.
+
+        Values may be :class:`~glassbox.loading.stored.StoredMatrix` (weights kept in their stored
+        dtype); processing is then virtual (see :mod:`glassbox.loading.virtual`)."""
+        sd = {k: (v if isinstance(v, StoredMatrix) else to_numpy(v))
+              for k, v in state_dict.items() if not k.endswith(_BUFFER_SUFFIXES)}
         self._process_and_install(
             sd, fold_ln, center_writing_weights, center_unembed, fold_value_biases, refactor_factored_attn_matrices
         )
@@ -334,6 +337,33 @@ class HookedTransformer(HookedRootModule):
     ) -> None:
         if fold_ln and self.cfg.num_experts and self.cfg.num_experts > 1:
             fold_ln = False
+        if refactor_factored_attn_matrices and self.cfg.positional_embedding_type == "rotary":
+            from glassbox.loading.processing import RotaryRefactorError
+
+            raise RotaryRefactorError(
+                "refactor_factored_attn_matrices=True is not possible for a rotary model: with rotary "
+                "embeddings the QK circuit depends on the query and key positions, so W_Q @ W_K^T "
+                "cannot be re-factored (TransformerLens refuses it as well); pass "
+                "refactor_factored_attn_matrices=False")
+        from glassbox.loading.virtual import has_stored, process_weights_virtual
+
+        if has_stored(sd):
+            sd, updated, virtual = process_weights_virtual(
+                sd,
+                self.cfg,
+                fold_ln=fold_ln,
+                center_writing_weights=center_writing_weights,
+                center_unembed=center_unembed,
+                fold_value_biases=fold_value_biases,
+                refactor_factored_attn_matrices=refactor_factored_attn_matrices,
+                base=self._virtual,
+            )
+            if updated:
+                self._reconfigure(updated)
+            self._virtual = virtual
+            self._set_state(sd)
+            return
+        self._virtual = None
         if any((fold_ln, center_writing_weights, center_unembed, fold_value_biases, refactor_factored_attn_matrices)):
             from glassbox.loading.processing import process_weights
 
@@ -377,7 +407,7 @@ class HookedTransformer(HookedRootModule):
         refactor_factored_attn_matrices: bool = False,
     ) -> None:
         """Apply TransformerLens's weight processing to this model in place."""
-        sd = {k: v.copy() for k, v in self._state_dict_np().items()}
+        sd = {k: (v if isinstance(v, StoredMatrix) else v.copy()) for k, v in self._state_dict_np().items()}
         self._process_and_install(
             sd, fold_ln, center_writing_weights, center_unembed, True, refactor_factored_attn_matrices
         )
@@ -409,7 +439,20 @@ class HookedTransformer(HookedRootModule):
         **from_pretrained_kwargs: Any,
     ) -> "HookedTransformer":
         """Load a pretrained model (a TransformerLens name/alias, a Hub repo id in the local
-        cache, or a local folder) and apply TransformerLens's weight processing."""
+        cache, or a local folder) and apply TransformerLens's weight processing.
+
+        ``dtype``: ``"float32"`` (default) loads every weight as an editable float32 array.
+        ``"bfloat16"``, ``"float16"`` or ``"auto"`` (LLaMA-family checkpoints; ``torch.bfloat16``
+        etc. work too) keep the big matrices in that dtype — memory-mapped straight from the
+        safetensors file when it already stores them so (``"auto"``: whatever the file holds) —
+        and the C engine widens them inside its matrix products, so a bf16 model needs about
+        its file size in RAM rather than twice that. Activations, hooks and the cache are still
+        float32 (unlike TransformerLens, which computes in bf16 for ``dtype=torch.bfloat16``).
+        Such weights read back (``model.W_Q``, ``blocks[l].attn.W_Q``, ``state_dict()``) as float32
+        copies and cannot be edited in place or assigned. Weight processing is then *virtual*:
+        the stored matrices are never rewritten, yet the model computes and shows exactly what
+        TransformerLens's processed model does (see :mod:`glassbox.loading.virtual`).
+        """
         from glassbox.loading.pretrained import load_pretrained_parts
 
         if checkpoint_index is not None or checkpoint_value is not None:
@@ -439,7 +482,9 @@ class HookedTransformer(HookedRootModule):
         if tokenizer is None:
             tokenizer = _load_tokenizer(loaded)
         model = cls(cfg, tokenizer=tokenizer, default_padding_side=default_padding_side)
-        if dtype_name in ("float16", "bfloat16") and fold_ln:
+        from glassbox.loading.virtual import has_stored
+
+        if dtype_name in ("float16", "bfloat16") and fold_ln and not has_stored(loaded.state_dict):
             logging.warning(
                 "With reduced precision, it is advised to use `from_pretrained_no_processing` instead "
                 "of `from_pretrained`."
@@ -621,7 +666,7 @@ class HookedTransformer(HookedRootModule):
     def tokens_to_residual_directions(self, tokens: Any) -> Any:
         """Unembedding directions ``W_U[:, tokens]``: [d_model], [pos, d_model] or
         [batch, pos, d_model]."""
-        W_U = self.unembed._params["W_U"]
+        W_U = self.unembed.param_np("W_U")
         torch_mode = wants_torch(tokens)
         if (is_torch(tokens) or isinstance(tokens, np.ndarray)) and np.asarray(to_numpy(tokens)).size > 1:
             ids = np.asarray(to_numpy(tokens)).astype(np.int64)
@@ -692,9 +737,13 @@ class HookedTransformer(HookedRootModule):
             problems.append(f"positional_embedding_type={cfg.positional_embedding_type!r}")
         if cfg.act_fn not in _ENGINE_ACTS:
             problems.append(f"act_fn={cfg.act_fn!r}")
-        for flag in ("use_qk_norm", "post_embedding_ln", "use_normalization_before_and_after", "use_local_attn", "use_yarn_rope", "use_attention_sinks"):
+        for flag in ("use_qk_norm", "post_embedding_ln", "use_normalization_before_and_after", "use_yarn_rope", "use_attention_sinks"):
             if getattr(cfg, flag, False):
                 problems.append(flag)
+        if cfg.use_local_attn:
+            types = cfg.attn_types or ["local"] * cfg.n_layers
+            if any(t != "local" for t in types) or not isinstance(cfg.window_size, int) or cfg.window_size <= 0:
+                problems.append("use_local_attn with mixed local/global layers (only one sliding window for every layer)")
         if cfg.num_experts:
             problems.append("mixture of experts")
         if cfg.attn_scores_soft_cap is not None and cfg.attn_scores_soft_cap > 0:
@@ -730,12 +779,20 @@ class HookedTransformer(HookedRootModule):
             "scale_attn_by_inverse_layer_idx": bool(cfg.scale_attn_by_inverse_layer_idx),
             "rotary_dim": int(cfg.rotary_dim or 0),
             "rotary_adjacent_pairs": bool(cfg.rotary_adjacent_pairs),
-            "window_size": 0,
+            "window_size": int(cfg.window_size) if cfg.use_local_attn else 0,
             "use_attn_result": bool(cfg.use_attn_result),
             "use_split_qkv_input": bool(cfg.use_split_qkv_input),
             "use_attn_in": bool(cfg.use_attn_in),
             "use_hook_mlp_in": bool(cfg.use_hook_mlp_in),
         }
+        v = self._virtual
+        if v is not None:  # virtual weight processing (glassbox.loading.virtual)
+            if v.engine_normalization_type is not None:
+                out["normalization_type"] = v.engine_normalization_type
+            if v.engine_final_normalization_type is not None:
+                out["final_normalization_type"] = v.engine_final_normalization_type
+            if v.center_unembed:
+                out["center_unembed_logits"] = True
         return out
 
     def _engine_weights(self) -> Dict[str, np.ndarray]:
@@ -747,15 +804,19 @@ class HookedTransformer(HookedRootModule):
             reps = self.cfg.n_heads // self.cfg.n_key_value_heads
         for name, arr in self._state_dict_np().items():
             mod, leaf = name.rsplit(".", 1)
+            key = name
             if leaf.startswith("_"):
                 key = f"{mod}.{leaf[1:]}"
                 if self.cfg.ungroup_grouped_query_attention and reps > 1:
-                    rep = np.ascontiguousarray(np.repeat(arr, reps, axis=0))
-                    self._ungrouped[key] = rep
-                    arr = rep
-                w[key] = arr
-            else:
-                w[name] = arr
+                    if isinstance(arr, StoredMatrix):
+                        arr = arr.repeat_heads(reps)  # a K/V-sized copy in the stored dtype
+                    else:
+                        rep = np.ascontiguousarray(np.repeat(arr, reps, axis=0))
+                        self._ungrouped[key] = rep
+                        arr = rep
+            w[key] = arr.engine_spec() if isinstance(arr, StoredMatrix) else arr
+        if self._virtual is not None:
+            w.update(self._virtual.norm_weights)
         if self.cfg.positional_embedding_type == "rotary":
             w["rotary_inv_freq"] = rotary_inv_freq(self.cfg)
         return w
@@ -968,11 +1029,26 @@ class HookedTransformer(HookedRootModule):
         fired = self._fired_names(engine, start, stop, tokens is not None, final, unembed)
         hooks: List[Tuple[int, int]] = []
         cache: Dict[Tuple[int, int], np.ndarray] = {}
+        run = _RunState(torch_mode, self._name_of)
+        # A virtually folded ln_final (stored-dtype weights, glassbox.loading.virtual) runs in the
+        # engine with its gain, so the engine's unembed.hook_in value is normalized * w, where TL's
+        # processed model shows the normalized vector: route both points through Python then.
+        forced = set()
+        v = self._virtual
+        if v is not None and "ln_final.w" in v.norm_weights and "unembed.hook_in" in fired:
+            hp = self.hook_dict.get("unembed.hook_in")
+            if (hp is not None and hp.fwd_hooks) or (req is not None and req.keep("unembed.hook_in")):
+                forced = {"ln_final.hook_normalized", "unembed.hook_in"}
+                run.final_w = v.norm_weights["ln_final.w"]
         for name in fired:
             hp = self.hook_dict.get(name)
             key = self._site_of[name]
             if hp is not None and hp.fwd_hooks:
                 hooks.append(key)
+            elif name in forced:
+                hooks.append(key)
+                if req is not None and req.keep(name):
+                    run.cache_into[name] = req.fast
             elif req is not None and req.keep(name):
                 arr = np.empty(tuple(engine.hook_shape(key[0], B, P)), dtype=np.float32)
                 cache[key] = arr
@@ -995,7 +1071,7 @@ class HookedTransformer(HookedRootModule):
             kwargs["hooks"] = hooks
             kwargs["callback"] = self._dispatch
         prev = self._run
-        self._run = _RunState(torch_mode, self._name_of)
+        self._run = run
         try:
             return engine.forward(tokens, **kwargs)
         finally:
@@ -1005,6 +1081,34 @@ class HookedTransformer(HookedRootModule):
         """Engine callback: run the hooks of one point on ``act``."""
         run = self._run
         name = run.site_names[(site_id, layer)]
+        if run.final_w is not None and name in ("ln_final.hook_normalized", "unembed.hook_in"):
+            return self._dispatch_virtual_final(name, act)
+        return self._run_point_hooks(name, act)
+
+    def _dispatch_virtual_final(self, name: str, act: np.ndarray) -> Optional[np.ndarray]:
+        """ln_final folded virtually: the engine's unembed input is ``normalized * w``. Hooks and
+        the cache at ``unembed.hook_in`` see the normalized vector (as TL's processed model, whose
+        ``W_U`` carries ``w``); their result is multiplied by ``w`` for the engine's unembed."""
+        run = self._run
+        if name == "ln_final.hook_normalized":
+            out = self._run_point_hooks(name, act)
+            val = np.array(to_numpy(out) if out is not None else act, dtype=np.float32)
+            run.final_normalized = val
+            if name in run.cache_into:
+                run.cache_into[name][name] = val.copy()
+            return out
+        x = run.final_normalized
+        if x is None or x.shape != act.shape:  # pragma: no cover - ln_final always fires first
+            x = act / run.final_w
+        out = self._run_point_hooks(name, x)
+        val = asarray_f32(out) if out is not None else x
+        if name in run.cache_into:
+            run.cache_into[name][name] = np.array(val, dtype=np.float32)
+        return val * run.final_w
+
+    def _run_point_hooks(self, name: str, act: np.ndarray) -> Optional[np.ndarray]:
+        """Run the hook functions of point ``name`` on ``act``; the replacement or None."""
+        run = self._run
         hp = self.hook_dict[name]
         shape = tuple(act.shape)
         x = wrap(act, run.torch_mode)
@@ -1092,6 +1196,30 @@ class HookedTransformer(HookedRootModule):
     # ------------------------------------------------------------------------------------
     # losses and misc
     # ------------------------------------------------------------------------------------
+    def generate(self, input: Any = "", max_new_tokens: int = 10, stop_at_eos: bool = True,
+                 eos_token_id: Any = None, do_sample: bool = True, top_k: Optional[int] = None,
+                 top_p: Optional[float] = None, temperature: float = 1.0, freq_penalty: float = 0.0,
+                 use_past_kv_cache: bool = True, prepend_bos: Optional[bool] = None,
+                 padding_side: Optional[str] = None, return_type: Optional[str] = "input",
+                 verbose: bool = True, **kwargs: Any) -> Any:
+        """Sample tokens after ``input`` (str, list[str] or tokens), TransformerLens's ``generate``.
+
+        ``do_sample=False`` (or ``temperature=0``) is greedy; ``return_type`` "input" / "str" /
+        "tokens". Hooks attached with ``hooks()`` / ``add_hook`` fire at every step. Each step
+        recomputes the sequence (no KV cache yet; ``use_past_kv_cache`` is accepted). Extra
+        keyword: ``repetition_penalty``, ``seed`` (for sampling). See :mod:`glassbox.generation`.
+        """
+        from glassbox.generation import generate as _generate
+
+        unknown = set(kwargs) - {"repetition_penalty", "seed"}
+        if unknown:
+            raise TypeError(f"generate() got unexpected keyword arguments {sorted(unknown)}")
+        return _generate(self, input, max_new_tokens=max_new_tokens, stop_at_eos=stop_at_eos,
+                         eos_token_id=eos_token_id, do_sample=do_sample, top_k=top_k, top_p=top_p,
+                         temperature=temperature, freq_penalty=freq_penalty,
+                         use_past_kv_cache=use_past_kv_cache, prepend_bos=prepend_bos,
+                         padding_side=padding_side, return_type=return_type, verbose=verbose, **kwargs)
+
     def loss_fn(self, logits: Any, tokens: Any, attention_mask: Any = None, per_token: bool = False) -> Any:
         """Next-token cross-entropy (``utils.lm_cross_entropy_loss``)."""
         return utils.lm_cross_entropy_loss(logits, tokens, attention_mask, per_token)
@@ -1143,7 +1271,7 @@ class HookedTransformer(HookedRootModule):
 
     @property
     def n_params_total(self) -> int:
-        return int(sum(v.size for v in self._state_dict_np().values()))
+        return int(sum(int(np.prod(v.shape)) for v in self._state_dict_np().values()))
 
     # ------------------------------------------------------------------------------------
     # stacked weights
@@ -1154,9 +1282,9 @@ class HookedTransformer(HookedRootModule):
             m = getattr(block, module)
             if isinstance(m, Component) and leaf.startswith("_") is False and leaf in ("W_K", "W_V", "b_K", "b_V") and ("_" + leaf) in m._params:
                 reps = self.cfg.n_heads // self.cfg.n_key_value_heads
-                arrs.append(np.repeat(m._params["_" + leaf], reps, axis=0))
+                arrs.append(np.repeat(m.param_np("_" + leaf), reps, axis=0))
             else:
-                arrs.append(m._params[leaf])
+                arrs.append(m.param_np(leaf))
         return wrap(np.ascontiguousarray(np.stack(arrs)), wants_torch())
 
     @property
@@ -1183,7 +1311,7 @@ class HookedTransformer(HookedRootModule):
     @property
     def W_E_pos(self) -> Any:
         """[d_vocab + n_ctx, d_model]"""
-        out = np.concatenate([self.embed._params["W_E"], self.pos_embed._params["W_pos"]], axis=0)
+        out = np.concatenate([self.embed.param_np("W_E"), self.pos_embed.param_np("W_pos")], axis=0)
         return wrap(out, wants_torch())
 
     W_Q = property(lambda self: self._stack("attn", "W_Q"), doc="[n_layers, n_heads, d_model, d_head]")
@@ -1255,16 +1383,10 @@ def _as_tokens(x: Any) -> np.ndarray:
 
 
 def _dtype_name(dtype: Any) -> str:
-    if isinstance(dtype, str):
-        names = {"fp32": "float32", "float32": "float32", "fp16": "float16", "float16": "float16", "bf16": "bfloat16", "bfloat16": "bfloat16"}
-        if dtype not in names:
-            raise ValueError(f"unknown dtype {dtype!r}")
-        return names[dtype]
-    text = str(dtype)
-    for key in ("bfloat16", "float16", "float32"):
-        if text.endswith(key):
-            return key
-    raise ValueError(f"unknown dtype {dtype!r}")
+    """"float32", "bfloat16", "float16" or "auto" from a name or a NumPy / torch dtype."""
+    from glassbox.loading.pretrained import _check_dtype
+
+    return _check_dtype(dtype)
 
 
 def _load_tokenizer(loaded: Any) -> Optional[Tokenizer]:

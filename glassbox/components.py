@@ -15,6 +15,13 @@ Assigning a parameter copies the new values into the existing buffer when the sh
 matches, and otherwise replaces the array (the engine is then rebuilt lazily).
 GQA models keep ``_W_K``/``_W_V``/``_b_K``/``_b_V`` with ``n_key_value_heads`` heads;
 ``W_K``/``W_V``/``b_K``/``b_V`` read them repeat-interleaved to ``n_heads`` (a copy).
+
+Weights kept in their stored dtype (``from_pretrained(..., dtype="bfloat16")``, GGUF) are
+:class:`~glassbox.loading.stored.StoredMatrix` objects. Reading one gives a float32 copy in
+TransformerLens's layout, with any virtual weight processing applied (see
+:mod:`glassbox.loading.virtual`); as a NumPy array that copy is read-only, so an in-place edit
+raises instead of silently doing nothing. Assigning to such a parameter raises ``TypeError``:
+stored-dtype weights cannot be edited (load with ``dtype="float32"`` to edit weights).
 """
 from __future__ import annotations
 
@@ -24,6 +31,7 @@ import numpy as np
 
 from glassbox.arrays import asarray_f32, to_numpy, wants_torch, wrap
 from glassbox.hook_points import HookPoint, Module
+from glassbox.loading.stored import StoredMatrix
 
 
 class Component(Module):
@@ -35,12 +43,27 @@ class Component(Module):
     def __init__(self, cfg: Any):
         object.__setattr__(self, "_params", {})
         object.__setattr__(self, "_on_replace", None)
+        object.__setattr__(self, "_materialise", None)  # (name, StoredMatrix) -> TL float32 view
+        object.__setattr__(self, "_prefix", "")  # state-dict name prefix, e.g. "blocks.0.attn."
         self.cfg = cfg
 
     # parameter access --------------------------------------------------------------------
+    def param_np(self, key: str) -> np.ndarray:
+        """Parameter ``key`` as a float32 NumPy array in TL layout: the buffer itself, or a
+        (processed) copy for a weight kept in its stored dtype."""
+        v = self._params[key]
+        if isinstance(v, StoredMatrix):
+            fn = self.__dict__.get("_materialise")
+            return fn(self.__dict__.get("_prefix", "") + key, v) if fn is not None else v.to_tl()
+        return v
+
     def __getattr__(self, key: str) -> Any:
         params = self.__dict__.get("_params")
         if params is not None and key in params:
+            if isinstance(params[key], StoredMatrix):
+                arr = self.param_np(key)
+                arr.flags.writeable = False  # a copy: in-place edits could not reach the model
+                return wrap(arr, wants_torch())
             return wrap(params[key], wants_torch())
         raise AttributeError(f"{type(self).__name__!s} has no attribute {key!r}")
 
@@ -53,8 +76,13 @@ class Component(Module):
 
     def set_param(self, key: str, value: Any) -> None:
         """Store ``value`` as parameter ``key`` (copy into the buffer if shapes match)."""
-        new = to_numpy(value)
         old = self._params.get(key)
+        if isinstance(old, StoredMatrix):
+            raise TypeError(
+                f"{self.__dict__.get('_prefix', '')}{key} is kept in its stored dtype ({old.dtype}) and "
+                f"cannot be assigned or edited in place; load the model with dtype='float32' to edit "
+                f"weights")
+        new = to_numpy(value)
         if old is not None and old.shape == new.shape:
             if not np.shares_memory(old, new):
                 old[...] = new
@@ -65,13 +93,13 @@ class Component(Module):
             cb()
 
     def named_parameters_np(self) -> Dict[str, np.ndarray]:
-        return {k: self._params[k] for k in type(self).PARAMS if k in self._params}
+        return {k: self.param_np(k) for k in type(self).PARAMS if k in self._params}
 
     def __dir__(self):
         return list(super().__dir__()) + list(self._params)
 
     def __repr__(self) -> str:
-        shapes = ", ".join(f"{k}={tuple(v.shape)}" for k, v in self.named_parameters_np().items())
+        shapes = ", ".join(f"{k}={tuple(self._params[k].shape)}" for k in type(self).PARAMS if k in self._params)
         return f"{type(self).__name__}({shapes})"
 
 
@@ -184,7 +212,7 @@ class GroupedQueryAttention(Attention):
     PARAMS = ("W_Q", "W_O", "b_Q", "b_O", "_W_K", "_W_V", "_b_K", "_b_V")
 
     def _repeat(self, key: str) -> Any:
-        arr = self._params[key]
+        arr = self.param_np(key)
         reps = self.cfg.n_heads // self.cfg.n_key_value_heads
         return wrap(np.ascontiguousarray(np.repeat(arr, reps, axis=0)), wants_torch())
 

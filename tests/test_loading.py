@@ -277,7 +277,10 @@ def test_gpt2_n_ctx_first_n_layers(workdir):
     with pytest.raises(ValueError, match="first_n_layers"):
         load_pretrained_parts(str(workdir), first_n_layers=4)
     with pytest.raises(ValueError, match="float32"):
-        load_pretrained_parts(str(workdir), dtype="bfloat16")
+        load_pretrained_parts(str(workdir), dtype="int8")
+    # GPT-2 weights are not kept in a reduced dtype: bfloat16 loads them as float32 (with a warning)
+    half = load_pretrained_parts(str(workdir), dtype="bfloat16")
+    assert half.config["dtype"] == "float32" and half.state_dict["embed.W_E"].dtype == np.float32
     assert load_pretrained_parts(str(workdir), dtype=np.float32).config["dtype"] == "float32"
 
 

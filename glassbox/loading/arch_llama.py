@@ -34,11 +34,12 @@ transformers<5 layout (top-level keys) and the 5.x layout (``rope_parameters``).
 from __future__ import annotations
 
 import math
-from typing import Any, Dict
+from typing import Any, Dict, Optional
 
 import numpy as np
 
 from .source import TensorSource
+from .stored import StoredMatrix
 
 __all__ = ["ARCHITECTURES", "convert_config", "convert_weights", "rotary_inv_freq"]
 
@@ -167,15 +168,25 @@ def _heads_in(w: np.ndarray, n: int, d: int, D: int) -> np.ndarray:
     return np.ascontiguousarray(w.reshape(n, d, D).transpose(0, 2, 1))
 
 
-def convert_weights(src: TensorSource, cfg: Dict[str, Any], hf: Dict[str, Any]) -> Dict[str, np.ndarray]:
-    """Read the HF tensors and return TL's LLaMA-family state dict (float32, C-contiguous)."""
+def convert_weights(src: TensorSource, cfg: Dict[str, Any], hf: Dict[str, Any],
+                    stored: Optional[str] = None) -> Dict[str, Any]:
+    """Read the HF tensors and return TL's LLaMA-family state dict.
+
+    ``stored=None``: every entry is a float32 C-contiguous array in TL layout. ``stored="auto"``,
+    ``"BF16"`` or ``"F16"``: the matrices (W_E, W_Q, W_K, W_V, W_O, W_in, W_gate, W_out, W_U) are
+    :class:`~glassbox.loading.stored.StoredMatrix` objects holding the file's HF rows untouched
+    (memory-mapped; see :meth:`TensorSource.stored` for ``keep``), norm weights and biases stay
+    float32 arrays. A tied ``lm_head`` shares the embedding's storage.
+    """
     D, H, d, M = cfg["d_model"], cfg["n_heads"], cfg["d_head"], cfg["d_mlp"]
     V, L = cfg["d_vocab"], cfg["n_layers"]
     G = cfg["n_key_value_heads"] or H
     kv = "_" if cfg["n_key_value_heads"] is not None else ""
     pre = _prefix(src)
     zeros = lambda *s: np.zeros(s, dtype=np.float32)  # noqa: E731
-    sd: Dict[str, np.ndarray] = {}
+    sd: Dict[str, Any] = {}
+    if stored is not None:
+        return _convert_stored(src, cfg, stored, pre, zeros)
 
     emb = src.get(pre + "embed_tokens.weight", (V, D))
     sd["embed.W_E"] = emb
@@ -211,24 +222,65 @@ def convert_weights(src: TensorSource, cfg: Dict[str, Any], hf: Dict[str, Any]) 
     return sd
 
 
-def rotary_inv_freq(cfg: Any) -> np.ndarray:
-    """RoPE inverse frequencies ``[rotary_dim // 2]`` (float32) for a rotary config, as TL computes them.
+def _convert_stored(src: TensorSource, cfg: Dict[str, Any], keep: str, pre: str, zeros) -> Dict[str, Any]:
+    """``convert_weights`` with the matrices kept as stored (see there)."""
+    D, H, d, M = cfg["d_model"], cfg["n_heads"], cfg["d_head"], cfg["d_mlp"]
+    V, L = cfg["d_vocab"], cfg["n_layers"]
+    G = cfg["n_key_value_heads"] or H
+    kv = "_" if cfg["n_key_value_heads"] is not None else ""
+    sd: Dict[str, Any] = {}
+    emb = src.stored(pre + "embed_tokens.weight", (V, D), "table", keep=keep)
+    sd["embed.W_E"] = emb
+    for l in range(L):
+        h = f"{pre}layers.{l}."
+        a = h + "self_attn."
+        b = f"blocks.{l}."
+        sd[b + "ln1.w"] = src.get(h + "input_layernorm.weight", (D,))
+        sd[b + "attn.W_Q"] = src.stored(a + "q_proj.weight", (H * d, D), "heads_in", H, keep=keep)
+        sd[b + f"attn.{kv}W_K"] = src.stored(a + "k_proj.weight", (G * d, D), "heads_in", G, keep=keep)
+        sd[b + f"attn.{kv}W_V"] = src.stored(a + "v_proj.weight", (G * d, D), "heads_in", G, keep=keep)
+        for proj, key, n in (("q_proj", "b_Q", H), ("k_proj", f"{kv}b_K", G), ("v_proj", f"{kv}b_V", G)):
+            bias = src.optional(a + proj + ".bias", (n * d,))
+            sd[b + "attn." + key] = zeros(n, d) if bias is None else np.ascontiguousarray(bias.reshape(n, d))
+        sd[b + "attn.W_O"] = src.stored(a + "o_proj.weight", (D, H * d), "heads_out", H, keep=keep)
+        b_O = src.optional(a + "o_proj.bias", (D,))
+        sd[b + "attn.b_O"] = zeros(D) if b_O is None else b_O
+        sd[b + "ln2.w"] = src.get(h + "post_attention_layernorm.weight", (D,))
+        sd[b + "mlp.W_in"] = src.stored(h + "mlp.up_proj.weight", (M, D), "transposed", keep=keep)
+        sd[b + "mlp.W_gate"] = src.stored(h + "mlp.gate_proj.weight", (M, D), "transposed", keep=keep)
+        sd[b + "mlp.b_in"] = zeros(M)
+        sd[b + "mlp.W_out"] = src.stored(h + "mlp.down_proj.weight", (D, M), "transposed", keep=keep)
+        sd[b + "mlp.b_out"] = zeros(D)
+    sd["ln_final.w"] = src.get(pre + "norm.weight", (D,))
+    if "lm_head.weight" in src:
+        sd["unembed.W_U"] = src.stored("lm_head.weight", (V, D), "transposed", keep=keep)
+    else:
+        if not cfg.get("tie_word_embeddings", False):
+            src.get("lm_head.weight", (V, D))  # raises: untied model without an LM head
+        sd["unembed.W_U"] = StoredMatrix(emb.storage, emb.dtype, V, D, "transposed")
+    sd["unembed.b_U"] = zeros(V)
+    return sd
 
-    ``inv_freq_i = rotary_base ** (-2i / rotary_dim)``, then either TL's NTK-by-parts ("llama3")
-    adjustment or linear scaling (``rotary_scaling_factor``: ``inv_freq / factor``). The glassbox
-    engine takes this array as the ``rotary_inv_freq`` weight.
+
+def rotary_inv_freq(cfg: Any) -> np.ndarray:
+    """RoPE inverse frequencies ``[rotary_dim // 2]`` (float32), computed in float32 as Hugging Face
+    computes them (``1 / base ** (arange(0, R, 2) / R)``; bit-identical to torch's float32 result
+    on the usual bases and widths), then Llama-3 NTK-by-parts ("llama3" rope_type) or linear
+    scaling (``rotary_scaling_factor``: ``inv_freq / factor``). The glassbox engine takes this
+    array as the ``rotary_inv_freq`` weight.
     """
     get = (lambda k, dflt=None: cfg.get(k, dflt)) if isinstance(cfg, dict) else (
         lambda k, dflt=None: getattr(cfg, k, dflt))
     R = int(get("rotary_dim") or get("d_head"))
-    base = float(get("rotary_base", 10000))
-    inv = 1.0 / (base ** (np.arange(0, R, 2, dtype=np.float64) / R))
+    base = np.float32(get("rotary_base", 10000))
+    exps = np.arange(0, R, 2, dtype=np.int64).astype(np.float32) / np.float32(R)
+    inv = (np.float32(1.0) / np.power(base, exps)).astype(np.float32)
     if get("use_NTK_by_parts_rope", False):
-        factor = float(get("NTK_by_parts_factor"))
-        lo = float(get("NTK_by_parts_low_freq_factor"))
-        hi = float(get("NTK_by_parts_high_freq_factor"))
-        old = float(get("NTK_original_ctx_len"))
-        wavelen = 2 * math.pi / inv
+        factor = np.float32(get("NTK_by_parts_factor"))
+        lo = np.float32(get("NTK_by_parts_low_freq_factor"))
+        hi = np.float32(get("NTK_by_parts_high_freq_factor"))
+        old = np.float32(get("NTK_original_ctx_len"))
+        wavelen = np.float32(2 * math.pi) / inv
         scaled = np.where(wavelen > old / lo, inv / factor, inv)
         smooth = (old / wavelen - lo) / (hi - lo)
         smoothed = (1 - smooth) * scaled / factor + smooth * scaled
@@ -237,5 +289,5 @@ def rotary_inv_freq(cfg: Any) -> np.ndarray:
     else:
         factor = float(get("rotary_scaling_factor", 1.0) or 1.0)
         if factor != 1.0:
-            inv = inv / factor
-    return inv.astype(np.float32)
+            inv = inv / np.float32(factor)
+    return np.ascontiguousarray(inv, dtype=np.float32)

@@ -8,7 +8,9 @@ shape. Weight processing (``fold_ln`` & co.) is separate: :func:`glassbox.loadin
 """
 from __future__ import annotations
 
+import inspect
 import json
+import logging
 from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any, Dict, Optional
@@ -20,6 +22,7 @@ from .hub import ModelFiles, resolve_model_files
 from .safetensors_io import SafeTensor, read_safetensors, read_safetensors_sharded
 from .shapes import check_state_dict
 from .source import TensorSource
+from .stored import StoredMatrix
 
 __all__ = ["LoadedModel", "load_pretrained_parts", "ADAPTERS", "supported_architectures",
            "get_adapter", "convert_hf_config"]
@@ -51,7 +54,9 @@ class LoadedModel:
 
     Attributes:
         config: ``HookedTransformerConfig`` field values (TL names), ready for ``from_dict``.
-        state_dict: ``{TL parameter name: float32 C-contiguous array}`` in TL layouts (GQA K/V as
+        state_dict: ``{TL parameter name: float32 C-contiguous array}`` in TL layouts (matrices
+            are :class:`~glassbox.loading.stored.StoredMatrix` when loaded with a reduced or
+            ``"auto"`` dtype; GQA K/V as
             ``blocks.{l}.attn._W_K`` etc.). Arrays may be copy-on-write views of the memory-mapped
             checkpoint: writing to them never touches the file.
         tokenizer_dir: the folder holding the tokenizer files (None when there are none).
@@ -69,19 +74,31 @@ class LoadedModel:
     hf_config: Dict[str, Any] = field(default_factory=dict)
 
 
-_FLOAT32_NAMES = {"float32", "fp32", "float", "f32", "torch.float32"}
+_DTYPE_NAMES = {
+    "float32": "float32", "fp32": "float32", "float": "float32", "f32": "float32",
+    "bfloat16": "bfloat16", "bf16": "bfloat16", "float16": "float16", "fp16": "float16",
+    "f16": "float16", "half": "float16", "auto": "auto",
+}
+#: ``dtype`` name -> what :meth:`TensorSource.stored` keeps (None: float32 arrays).
+STORED_KEEP = {"float32": None, "bfloat16": "BF16", "float16": "F16", "auto": "auto"}
 
 
 def _check_dtype(dtype: Any) -> str:
+    """``"float32"``, ``"bfloat16"``, ``"float16"`` or ``"auto"`` from a name, NumPy or torch dtype."""
     name = str(getattr(dtype, "__name__", dtype)).lower()
+    if name.startswith("torch."):
+        name = name[len("torch."):]
+    if name in _DTYPE_NAMES:
+        return _DTYPE_NAMES[name]
     try:
         if np.dtype(dtype) == np.float32:
             return "float32"
+        if np.dtype(dtype) == np.float16:
+            return "float16"
     except TypeError:
         pass
-    if name in _FLOAT32_NAMES:
-        return "float32"
-    raise ValueError(f"dtype={dtype!r} is not supported yet: glassbox currently loads weights as float32")
+    raise ValueError(f"dtype={dtype!r} is not supported: use 'float32' (default), 'bfloat16', "
+                     f"'float16' or 'auto'")
 
 
 def _read_config(path: str) -> Dict[str, Any]:
@@ -145,7 +162,12 @@ def load_pretrained_parts(
         name_or_path: a local folder (``config.json`` + ``*.safetensors``), a ``.safetensors``
             file next to ``config.json``, a Hub repo id found in the local HF cache, or a
             TransformerLens GPT-2 alias (``"gpt2"``, ``"gpt2-small"``, ``"distilgpt2"``, ...).
-        dtype: only ``"float32"`` for now.
+        dtype: ``"float32"`` (default): every weight is a float32 array. ``"bfloat16"``,
+            ``"float16"`` or ``"auto"`` (LLaMA family only): the big matrices are returned as
+            :class:`~glassbox.loading.stored.StoredMatrix` in the file's layout, memory-mapped
+            when the file already holds that dtype (``"auto"``: whatever it holds), rounded to
+            it in memory otherwise; norm weights and biases stay float32. Architectures without
+            stored-weight support load as float32 (with a warning).
         n_ctx: override the context length (as TL's ``from_pretrained(n_ctx=...)``); for learned
             positions the extra rows of ``W_pos`` are dropped, and a larger value than the
             checkpoint has positions raises ``ValueError``.
@@ -157,6 +179,12 @@ def load_pretrained_parts(
             shapes disagree with the weights (the message names the tensor and both shapes).
         OSError: missing files, or a repo id that is not in the local HF cache.
     """
+    # --- GGUF files (llama.cpp): matrices kept as stored, see glassbox.loading.gguf_io ---
+    if str(name_or_path).lower().endswith(".gguf"):
+        from .gguf_io import load_gguf
+
+        return load_gguf(str(name_or_path), n_ctx=n_ctx, first_n_layers=first_n_layers)
+    # --- end GGUF ---
     dtype_name = _check_dtype(dtype)
     files = resolve_model_files(name_or_path, revision=revision, cache_dir=cache_dir)
     hf = _read_config(files.config_path)
@@ -176,8 +204,24 @@ def load_pretrained_parts(
 
     adapter = get_adapter(cfg["original_architecture"])
     src = TensorSource(_open_tensors(files), files.source, cfg["original_architecture"])
-    sd = adapter.convert_weights(src, cfg, hf)
+    keep = STORED_KEEP[dtype_name]
+    if keep == "auto":
+        reduced = sorted({t.dtype for t in src.tensors.values() if t.dtype in ("BF16", "F16")})
+        if not reduced:
+            keep = None  # a float32 checkpoint: plain (editable) float32 arrays
+        cfg["dtype"] = {"BF16": "bfloat16", "F16": "float16"}[reduced[0]] if reduced else "float32"
+    if keep is not None and "stored" not in inspect.signature(adapter.convert_weights).parameters:
+        logging.warning("dtype=%r: %s weights cannot be kept in a reduced dtype; loading them as "
+                        "float32", dtype_name, cfg["original_architecture"])
+        keep = None
+        cfg["dtype"] = "float32"
+    if keep is None:
+        sd = adapter.convert_weights(src, cfg, hf)
+    else:
+        sd = adapter.convert_weights(src, cfg, hf, stored=keep)
     for k, v in sd.items():
+        if isinstance(v, StoredMatrix):
+            continue
         if v.dtype != np.float32 or not v.flags.c_contiguous or not v.flags.aligned:
             sd[k] = np.ascontiguousarray(v, dtype=np.float32)
     check_state_dict(sd, cfg, what=f"{files.source}: converted state dict")

@@ -676,3 +676,48 @@ def test_smollm2_truncated(smollm2, tmp_path):
         dst.write(src.read(40_000_000))  # header intact, tensor data cut
     with pytest.raises(ValueError, match="smollm2-cut.gguf.*truncated"):
         load_gguf(str(path), tokenizer=False)
+
+
+# A fixed English paragraph for the loss reported in the closing note (not from any dataset).
+PARAGRAPH = (
+    "The river runs through the middle of the old town, and on summer evenings people walk along "
+    "its banks to watch the boats come in. Most of the houses near the water were built more than "
+    "two hundred years ago, when the town was an important port for timber and grain. Today the "
+    "harbour is quiet, but the market square is still busy every Saturday morning."
+)
+
+
+@pytest.mark.skipif(not _engine_ready(), reason="glassbox._C engine not built")
+def test_smollm2_greedy_generation_matches_hf(smollm2, smollm2_hf):
+    """20 greedy tokens after a fixed prompt: identical token ids to HF's generate."""
+    import torch
+
+    import glassbox
+
+    model = glassbox.HookedTransformer.from_pretrained_no_processing(smollm2)
+    tokens = np.asarray(model.to_tokens("The three primary colours are"))
+    ours = np.asarray(model.generate(tokens, max_new_tokens=20, do_sample=False, stop_at_eos=False,
+                                     verbose=False))
+    with torch.no_grad():
+        ref = smollm2_hf.generate(torch.as_tensor(tokens), attention_mask=torch.ones_like(torch.as_tensor(tokens)),
+                                  max_new_tokens=20, do_sample=False, pad_token_id=2).numpy()
+    assert ours.shape == (1, tokens.shape[1] + 20)
+    np.testing.assert_array_equal(ours, ref)
+
+
+@pytest.mark.skipif(not _engine_ready(), reason="glassbox._C engine not built")
+def test_smollm2_paragraph_loss_matches_hf(smollm2, smollm2_hf):
+    """Mean next-token loss on PARAGRAPH: ours vs HF's on the same tokens (≤1e-3 nats apart),
+    and in the range of a working 135M model (< 4 nats)."""
+    import torch
+
+    import glassbox
+
+    model = glassbox.HookedTransformer.from_pretrained(smollm2)
+    tokens = np.asarray(model.to_tokens(PARAGRAPH))
+    loss = float(np.asarray(model(tokens, return_type="loss")))
+    with torch.no_grad():
+        ref = float(smollm2_hf(torch.as_tensor(tokens), labels=torch.as_tensor(tokens)).loss)
+    print(f"SmolLM2 Q4_1 paragraph loss: glassbox {loss:.4f}, HF {ref:.4f} ({tokens.shape[1]} tokens)")
+    assert abs(loss - ref) <= 1e-3
+    assert loss < 4.0

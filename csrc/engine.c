@@ -383,9 +383,12 @@ static int final_stage(gb_state *s) {
     const gb_config *c = s->cfg;
     const int64_t D = c->d_model, M = s->M, V = c->d_vocab_out;
     float *x = s->resid;
+    /* with the gain deferred, ln_final runs without its affine part here */
+    const int defer = c->final_gain_after_unembed_in && s->run->final_norm && s->run->unembed;
     if (s->run->final_norm) {
-        if (apply_norm(s, c->final_norm, s->w->lnf_w, s->w->lnf_b, s->normed, s->scale, s->resid,
-                       1, GB_SITE_LNF_SCALE, GB_SITE_LNF_NORMALIZED, -1, 0, 1))
+        if (apply_norm(s, c->final_norm, defer ? NULL : s->w->lnf_w, defer ? NULL : s->w->lnf_b,
+                       s->normed, s->scale, s->resid, 1, GB_SITE_LNF_SCALE,
+                       GB_SITE_LNF_NORMALIZED, -1, 0, 1))
             return -1;
         x = s->normed;
     }
@@ -394,6 +397,7 @@ static int final_stage(gb_state *s) {
         return 0;
     }
     if (fire3(s, GB_SITE_UNEMBED_IN, -1, x, s->B, s->P, D)) return -1;
+    if (defer) affine(x, x, s->w->lnf_w, s->w->lnf_b, M, D);
     if (gb_gemm(s->run->out, V, x, D, &s->w->W_U, s->w->b_U, M, 0)) return -2;
     if (c->center_unembed_logits) {
         float *lg = s->run->out;

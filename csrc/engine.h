@@ -85,6 +85,10 @@ typedef struct {
     /* subtract each position's mean over the vocabulary from the logits
      * (TL's center_unembed without editing a W_U kept quantised) */
     int center_unembed_logits;
+    /* apply ln_final's gain after unembed.hook_in (TL's fold_ln applied
+     * without editing a W_U kept quantised: hook_in sees the normalized
+     * vector, as in TL's processed model whose W_U carries the gain) */
+    int final_gain_after_unembed_in;
 } gb_config;
 
 typedef struct {

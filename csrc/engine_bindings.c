@@ -320,7 +320,8 @@ static int Model_init(GbModel *self, PyObject *args, PyObject *kwds) {
         cfg_int(cfg, "rotary_dim", 0, 0, &c.rotary_dim) ||
         cfg_bool(cfg, "rotary_adjacent_pairs", &c.rotary_adjacent_pairs) ||
         cfg_int(cfg, "window_size", 0, 0, &tmp) || parse_flags(&c, cfg) ||
-        cfg_bool(cfg, "center_unembed_logits", &c.center_unembed_logits))
+        cfg_bool(cfg, "center_unembed_logits", &c.center_unembed_logits) ||
+        cfg_bool(cfg, "final_gain_after_unembed_in", &c.final_gain_after_unembed_in))
         return -1;
     c.window = tmp;
     {

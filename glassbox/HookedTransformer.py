@@ -73,15 +73,11 @@ class Output(NamedTuple):
 class _RunState:
     """Per-forward bookkeeping shared with the engine callback."""
 
-    __slots__ = ("torch_mode", "site_names", "final_w", "final_normalized", "cache_into")
+    __slots__ = ("torch_mode", "site_names")
 
     def __init__(self, torch_mode: bool, site_names: Dict[Tuple[int, int], str]):
         self.torch_mode = torch_mode
         self.site_names = site_names
-        # virtually folded ln_final (see _dispatch_virtual_final)
-        self.final_w: Optional[np.ndarray] = None
-        self.final_normalized: Optional[np.ndarray] = None
-        self.cache_into: Dict[str, Dict[str, np.ndarray]] = {}
 
 
 class _CacheRequest:
@@ -791,6 +787,8 @@ class HookedTransformer(HookedRootModule):
                 out["normalization_type"] = v.engine_normalization_type
             if v.engine_final_normalization_type is not None:
                 out["final_normalization_type"] = v.engine_final_normalization_type
+                # hook_in must see the unit-RMS vector, as in TL's processed model
+                out["final_gain_after_unembed_in"] = True
             if v.center_unembed:
                 out["center_unembed_logits"] = True
         return out
@@ -1030,25 +1028,11 @@ class HookedTransformer(HookedRootModule):
         hooks: List[Tuple[int, int]] = []
         cache: Dict[Tuple[int, int], np.ndarray] = {}
         run = _RunState(torch_mode, self._name_of)
-        # A virtually folded ln_final (stored-dtype weights, glassbox.loading.virtual) runs in the
-        # engine with its gain, so the engine's unembed.hook_in value is normalized * w, where TL's
-        # processed model shows the normalized vector: route both points through Python then.
-        forced = set()
-        v = self._virtual
-        if v is not None and "ln_final.w" in v.norm_weights and "unembed.hook_in" in fired:
-            hp = self.hook_dict.get("unembed.hook_in")
-            if (hp is not None and hp.fwd_hooks) or (req is not None and req.keep("unembed.hook_in")):
-                forced = {"ln_final.hook_normalized", "unembed.hook_in"}
-                run.final_w = v.norm_weights["ln_final.w"]
         for name in fired:
             hp = self.hook_dict.get(name)
             key = self._site_of[name]
             if hp is not None and hp.fwd_hooks:
                 hooks.append(key)
-            elif name in forced:
-                hooks.append(key)
-                if req is not None and req.keep(name):
-                    run.cache_into[name] = req.fast
             elif req is not None and req.keep(name):
                 arr = np.empty(tuple(engine.hook_shape(key[0], B, P)), dtype=np.float32)
                 cache[key] = arr
@@ -1080,31 +1064,7 @@ class HookedTransformer(HookedRootModule):
     def _dispatch(self, site_id: int, layer: int, call_index: int, act: np.ndarray) -> Optional[np.ndarray]:
         """Engine callback: run the hooks of one point on ``act``."""
         run = self._run
-        name = run.site_names[(site_id, layer)]
-        if run.final_w is not None and name in ("ln_final.hook_normalized", "unembed.hook_in"):
-            return self._dispatch_virtual_final(name, act)
-        return self._run_point_hooks(name, act)
-
-    def _dispatch_virtual_final(self, name: str, act: np.ndarray) -> Optional[np.ndarray]:
-        """ln_final folded virtually: the engine's unembed input is ``normalized * w``. Hooks and
-        the cache at ``unembed.hook_in`` see the normalized vector (as TL's processed model, whose
-        ``W_U`` carries ``w``); their result is multiplied by ``w`` for the engine's unembed."""
-        run = self._run
-        if name == "ln_final.hook_normalized":
-            out = self._run_point_hooks(name, act)
-            val = np.array(to_numpy(out) if out is not None else act, dtype=np.float32)
-            run.final_normalized = val
-            if name in run.cache_into:
-                run.cache_into[name][name] = val.copy()
-            return out
-        x = run.final_normalized
-        if x is None or x.shape != act.shape:  # pragma: no cover - ln_final always fires first
-            x = act / run.final_w
-        out = self._run_point_hooks(name, x)
-        val = asarray_f32(out) if out is not None else x
-        if name in run.cache_into:
-            run.cache_into[name][name] = np.array(val, dtype=np.float32)
-        return val * run.final_w
+        return self._run_point_hooks(run.site_names[(site_id, layer)], act)
 
     def _run_point_hooks(self, name: str, act: np.ndarray) -> Optional[np.ndarray]:
         """Run the hook functions of point ``name`` on ``act``; the replacement or None."""

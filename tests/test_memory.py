@@ -1,8 +1,8 @@
-"""Peak memory of a ~0.85B-parameter LLaMA-shaped bf16 model loaded with ``dtype="bfloat16"``.
+"""Peak memory of a 1.1B-parameter LLaMA-shaped bf16 model (TinyLlama-1.1B's shape) loaded with ``dtype="bfloat16"``.
 
 The point of keeping weights in their stored dtype is that a bf16 checkpoint needs about its file
 size in RAM, not twice that (a float32 copy). The test writes a random LLaMA-shaped checkpoint
-(d_model 2048, 16 layers, d_mlp 5632, 32 heads / 8 kv heads, vocab 32000, untied; 1.7 GB of bf16)
+(d_model 2048, 22 layers, d_mlp 5632, 32 heads / 4 kv heads, vocab 32000, untied; 2.2 GB of bf16)
 tensor by tensor, then in a fresh interpreter measures
 
 * ``baseline``: peak RSS (VmHWM) after ``import numpy, glassbox`` and, when installed, ``torch``
@@ -34,7 +34,7 @@ import pytest
 
 pytestmark = pytest.mark.slow
 
-D, L, M, H, G, V = 2048, 16, 5632, 32, 8, 32000
+D, L, M, H, G, V = 2048, 22, 5632, 32, 4, 32000
 d = D // H
 MiB = 1 << 20
 

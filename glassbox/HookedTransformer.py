@@ -27,6 +27,7 @@ not available (no autograd).
 from __future__ import annotations
 
 import logging
+import warnings
 from typing import Any, Dict, Iterable, List, NamedTuple, Optional, Sequence, Tuple, Union
 
 import numpy as np
@@ -341,39 +342,26 @@ class HookedTransformer(HookedRootModule):
                 "embeddings the QK circuit depends on the query and key positions, so W_Q @ W_K^T "
                 "cannot be re-factored (TransformerLens refuses it as well); pass "
                 "refactor_factored_attn_matrices=False")
+        from glassbox.loading.processing import process_weights
         from glassbox.loading.virtual import has_stored, process_weights_virtual
 
-        if has_stored(sd):
-            sd, updated, virtual = process_weights_virtual(
-                sd,
-                self.cfg,
-                fold_ln=fold_ln,
-                center_writing_weights=center_writing_weights,
-                center_unembed=center_unembed,
-                fold_value_biases=fold_value_biases,
-                refactor_factored_attn_matrices=refactor_factored_attn_matrices,
-                base=self._virtual,
-            )
-            if updated:
-                self._reconfigure(updated)
-            self._virtual = virtual
-            self._set_state(sd)
-            return
-        self._virtual = None
-        if any((fold_ln, center_writing_weights, center_unembed, fold_value_biases, refactor_factored_attn_matrices)):
-            from glassbox.loading.processing import process_weights
-
-            sd, updated = process_weights(
-                sd,
-                self.cfg,
-                fold_ln=fold_ln,
-                center_writing_weights=center_writing_weights,
-                center_unembed=center_unembed,
-                fold_value_biases=fold_value_biases,
-                refactor_factored_attn_matrices=refactor_factored_attn_matrices,
-            )
+        opts = dict(fold_ln=fold_ln, center_writing_weights=center_writing_weights,
+                    center_unembed=center_unembed, fold_value_biases=fold_value_biases,
+                    refactor_factored_attn_matrices=refactor_factored_attn_matrices)
+        virtual = None
+        if has_stored(sd) and self.cfg.normalization_type in ("LN", "LNPre") and any(opts.values()):
+            # LayerNorm folding also centres and adds biases: it has to rewrite the matrices, so
+            # they are widened to float32 (GPT-2-sized models; Llama-family models use RMSNorm)
+            warnings.warn("weight processing of a LayerNorm model rewrites its matrices: the weights "
+                          "kept in their stored dtype are widened to float32", stacklevel=3)
+            sd = {k: v.to_tl() if isinstance(v, StoredMatrix) else v for k, v in sd.items()}
+        if has_stored(sd):  # weights kept in their stored dtype: processed without rewriting them
+            sd, updated, virtual = process_weights_virtual(sd, self.cfg, base=self._virtual, **opts)
+        elif any(opts.values()):
+            sd, updated = process_weights(sd, self.cfg, **opts)
         else:
             updated = {}
+        self._virtual = virtual
         if updated:
             self._reconfigure(updated)
         self._set_state(sd)

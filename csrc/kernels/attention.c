@@ -28,6 +28,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "fastmath.h"
 #include "kernels.h"
 
 #ifdef _OPENMP
@@ -38,55 +39,8 @@
 /* Below this many multiply-adds (rows * K * d) run serially. */
 #define GB_ATTN_PAR_MIN ((int64_t)1 << 16)
 
-#if defined(__GNUC__)
-#define GB_INLINE static inline __attribute__((always_inline))
-#else
-#define GB_INLINE static inline
-#endif
 
 /* ------------------------------------------------------------ helpers */
-
-/* exp(x) for x <= 0 (or -inf); inputs below -87 return 0 (the exact result
- * is < 1.7e-38 there, a denormal that no softmax weight can use).
- *   exp(x) = 2^n exp(r), n = round(x log2 e), r = x - n ln2 (two-part ln2),
- *   exp(r) ~ 1 + r + r^2 P(r) with a degree-5 minimax P on |r| <= ln2/2.
- * Max relative error 8.2e-8 (1.4 ulp) over [-87, 0], checked exhaustively.
- * The clamp and the flush to 0 are done on the bit patterns (for x <= 0,
- * "x < -87" is "bits(x) > bits(-87)" as unsigned): float compares could
- * trap under the default -ftrapping-math, which stops GCC if-converting and
- * so vectorising the loop. */
-GB_INLINE float exp_nonpos(float x) {
-    const uint32_t lo_bits = 0xC2AE0000u; /* -87.0f */
-    uint32_t ux;
-    memcpy(&ux, &x, sizeof ux);
-    const uint32_t keep = (uint32_t)(ux <= lo_bits) * 0xFFFFFFFFu; /* x >= -87 */
-    ux = (ux & keep) | (lo_bits & ~keep);
-    float xc;
-    memcpy(&xc, &ux, sizeof xc);
-    float t = xc * 1.44269504088896341f;
-    /* round to nearest via the 1.5*2^23 trick (|t| < 2^22; no fast-math, so
-     * the compiler keeps it) */
-    float nf = (t + 12582912.0f) - 12582912.0f;
-    float r = xc - nf * 0.693359375f;
-    r = r - nf * -2.12194440e-4f;
-    float p = 1.9875691500e-4f;
-    p = p * r + 1.3981999507e-3f;
-    p = p * r + 8.3334519073e-3f;
-    p = p * r + 4.1665795894e-2f;
-    p = p * r + 1.6666665459e-1f;
-    p = p * r + 5.0000001201e-1f;
-    p = p * (r * r) + r + 1.0f;
-    /* 2^n with n in [-126, 0]: exponent field n + 127 in [1, 127] */
-    int32_t bits = ((int32_t)nf + 127) << 23;
-    float scale;
-    memcpy(&scale, &bits, sizeof scale);
-    float y = p * scale;
-    uint32_t uy;
-    memcpy(&uy, &y, sizeof uy);
-    uy &= keep; /* x < -87 (incl. -inf) -> +0 */
-    memcpy(&y, &uy, sizeof y);
-    return y;
-}
 
 /* a . b over n floats, lane-wise; lanes combined in a fixed tree order. */
 GB_INLINE float dot_lanes(const float *a, const float *b, int64_t n) {

@@ -330,12 +330,15 @@ def test_attention_split(name, in_place, isa):
     close(p, p_ref, atol=ATOL)
     if not in_place:
         check_scores(s, s_ref)
-    # fused and split agree closely (same row kernels, different lane offsets)
+    # fused (blocked GEMM for prefill) and split (per row) agree closely: only the order of
+    # the sums differs; the same entries are masked
     zf, sf, pf = _C.attention(*args, **kw, want_scores=True, want_pattern=True)
-    close(z, zf, atol=1e-6)
-    close(p, pf, atol=1e-6)
+    close(z, zf, atol=1e-5)
+    close(p, pf, atol=ATOL)
     if not in_place:
-        np.testing.assert_array_equal(s, sf)
+        np.testing.assert_array_equal(np.isneginf(s), np.isneginf(sf))
+        fin = np.isfinite(sf)
+        np.testing.assert_allclose(s[fin], sf[fin], atol=1e-5)
 
 
 def test_attention_row_stride():
@@ -501,3 +504,15 @@ def test_bad_inputs_attention():
         _C.attn_softmax(f32(np.zeros((3, 4))))
     with pytest.raises(ValueError, match="H % G == 0"):
         _C.attn_apply(f32(np.zeros((B, H, P, K))), v, 3, d)
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_attention_row_path_matches_reference(name, isa, monkeypatch):
+    """gb_attention takes a blocked GEMM path for prefill (P >= 8) and a per-row path for
+    generation; GLASSBOX_ATTN_ROWS forces the per-row path so both are held to the reference."""
+    args, kw, (z_ref, s_ref, p_ref) = run_case(name)
+    monkeypatch.setenv("GLASSBOX_ATTN_ROWS", "1")
+    z, s, p = _C.attention(*args, **kw, want_scores=True, want_pattern=True)
+    close(z, z_ref, atol=ATOL_Z)
+    close(p, p_ref, atol=ATOL)
+    check_scores(s, s_ref)

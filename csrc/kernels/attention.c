@@ -310,6 +310,94 @@ static attn_ctx make_ctx(const gb_attn_shape *s, float *z, float *scores, float 
 
 /* ------------------------------------------------------------ public API */
 
+/* ------------------------------------------------- blocked (prefill) path */
+
+/* Query rows per block: a block's scores [QB, keys] live in per-thread
+ * scratch, and each K / V row is read once per block instead of once per
+ * query row. */
+#define GB_ATTN_QB 64
+/* Below this many query rows the per-row path is used (generation). */
+#define GB_ATTN_BLOCKED_MIN_P 8
+
+/* Prefill: per (sequence, head, block of query rows), S = q K^T and z = P V
+ * through the packed GEMM, masking and softmax per row in between. Same
+ * semantics as the per-row path (gb_attention's contract). */
+static int attention_blocked(float *z, float *scores, float *pattern, const float *q,
+                             const float *k, const float *v, const gb_attn_shape *s) {
+    const int64_t B = s->B, H = s->H, P = s->P, K = s->K, d = s->d, rep = s->H / s->G;
+    const int64_t QB = P < GB_ATTN_QB ? P : GB_ATTN_QB;
+    const int64_t nqb = (P + QB - 1) / QB, tasks = B * H * nqb;
+    int nthreads = 1;
+#ifdef _OPENMP
+    if (tasks > 1 && tasks * QB * K * d >= GB_ATTN_PAR_MIN) nthreads = omp_get_max_threads();
+#endif
+    float *buf = (float *)malloc((size_t)(nthreads * QB * K) * sizeof(float));
+    if (!buf) return -1;
+    int failed = 0;
+#ifdef _OPENMP
+#pragma omp parallel for schedule(dynamic, 1) num_threads(nthreads) if (nthreads > 1) reduction(|| : failed)
+#endif
+    for (int64_t t = 0; t < tasks; t++) {
+        int tid = 0;
+#ifdef _OPENMP
+        tid = omp_get_thread_num();
+#endif
+        const int64_t b = t / (H * nqb), h = (t / nqb) % H, i0 = (t % nqb) * QB;
+        const int64_t rows = (i0 + QB < P ? i0 + QB : P) - i0, g = h / rep;
+        int64_t jlo, jhi, lo, hi;
+        key_range(s, i0, &jlo, &hi);
+        key_range(s, i0 + rows - 1, &lo, &jhi);
+        if (jhi < jlo) jhi = jlo;
+        const int64_t nk = jhi - jlo; /* keys [jlo, jhi) cover every row of the block */
+        float *S = buf + (int64_t)tid * QB * K; /* [rows, nk] */
+        if (nk > 0) {
+            gb_matrix Km = {.data = k + (b * K + jlo) * s->ldk + g * d, .dtype = GB_F32, .trans = 1,
+                            .K = d, .N = nk, .ld = s->ldk, .group = 0, .group_stride = 0};
+            if (gb_gemm(S, nk, q + (b * P + i0) * s->ldq + h * d, s->ldq, &Km, NULL, rows, 0)) {
+                failed = 1;
+                continue;
+            }
+        }
+        for (int64_t r = 0; r < rows; r++) {
+            const int64_t i = i0 + r;
+            float *srow = S + r * nk;
+            key_range(s, i, &lo, &hi);
+            for (int64_t j = jlo; j < jhi; j++) {
+                int visible = j >= lo && j < hi && (!s->key_mask || s->key_mask[b * K + j]);
+                srow[j - jlo] = visible ? srow[j - jlo] * s->inv_scale : -INFINITY;
+            }
+            const int64_t out_row = ((b * H + h) * P + i) * K;
+            if (scores) {
+                fill(scores + out_row, -INFINITY, jlo);
+                memcpy(scores + out_row + jlo, srow, (size_t)nk * sizeof(float));
+                fill(scores + out_row + jhi, -INFINITY, K - jhi);
+            }
+            int bad = 0;
+            float m = row_max(srow, nk, &bad);
+            if (bad || m == -INFINITY)
+                fill(srow, 0.0f, nk); /* no visible key (or NaN/inf): TL's NaN -> 0 */
+            else
+                softmax_finish(srow, srow, nk, m);
+            if (pattern) {
+                fill(pattern + out_row, 0.0f, jlo);
+                memcpy(pattern + out_row + jlo, srow, (size_t)nk * sizeof(float));
+                fill(pattern + out_row + jhi, 0.0f, K - jhi);
+            }
+        }
+        if (!z) continue;
+        float *zb = z + (b * P + i0) * s->ldz + h * d;
+        if (nk == 0) {
+            for (int64_t r = 0; r < rows; r++) fill(zb + r * s->ldz, 0.0f, d);
+            continue;
+        }
+        gb_matrix Vm = {.data = v + (b * K + jlo) * s->ldv + g * d, .dtype = GB_F32, .trans = 0,
+                        .K = nk, .N = d, .ld = s->ldv, .group = d, .group_stride = 0};
+        if (gb_gemm(zb, s->ldz, S, nk, &Vm, NULL, rows, 0)) failed = 1;
+    }
+    free(buf);
+    return failed ? -1 : 0;
+}
+
 int gb_attention(float *z, float *scores, float *pattern, const float *q,
                  const float *k, const float *v, const gb_attn_shape *s) {
     const int64_t R = s->B * s->H * s->P;
@@ -319,6 +407,8 @@ int gb_attention(float *z, float *scores, float *pattern, const float *q,
             for (int64_t m = 0; m < s->B * s->P; m++) fill(z + m * s->ldz, 0.0f, s->H * s->d);
         return 0;
     }
+    if (s->P >= GB_ATTN_BLOCKED_MIN_P && getenv("GLASSBOX_ATTN_ROWS") == NULL)
+        return attention_blocked(z, scores, pattern, q, k, v, s);
     attn_ctx c = make_ctx(s, z, scores, pattern, q, k, v);
     fused_fn fn = pick_fused();
     const int64_t work = R * s->K * (s->d > 0 ? s->d : 1);

@@ -175,7 +175,10 @@ typedef struct {
 } gb_attn_shape;
 
 /* One call: scores, softmax, z; materialises scores/pattern only when the
- * pointers are non-NULL (otherwise per-thread scratch). Returns 0 or -1 on OOM. */
+ * pointers are non-NULL (otherwise per-thread scratch). Prefill (P >= 8) runs
+ * blocks of query rows through the packed GEMM; fewer rows (generation) run a
+ * per-row kernel, which the environment variable GLASSBOX_ATTN_ROWS forces
+ * for every call (tests). Returns 0 or -1 on OOM. */
 int gb_attention(float *z, float *scores, float *pattern, const float *q,
                  const float *k, const float *v, const gb_attn_shape *s);
 /* Split steps, for when a hook may edit scores or pattern in between. */

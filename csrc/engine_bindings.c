@@ -464,10 +464,9 @@ static int model_ready(GbModel *self) {
 typedef struct {
     PyThreadState *tstate;
     PyObject *callback;
-    GbModel *model;
 } call_ctx;
 
-static PyObject *site_name(const GbModel *m, int site, int layer) {
+static PyObject *site_name(int site, int layer) {
     if (gb_sites[site].per_layer) return PyUnicode_FromFormat("blocks.%d.%s", layer, gb_sites[site].name);
     return PyUnicode_FromString(gb_sites[site].name);
 }
@@ -497,7 +496,7 @@ static int bridge_call(void *vctx, int site, int layer, int call_index, float *d
         int ok = PyArray_NDIM(src) == ndim;
         for (int i = 0; ok && i < ndim; i++) ok = PyArray_DIM(src, i) == dims[i];
         if (!ok) {
-            PyObject *name = site_name(ctx->model, site, layer), *want = shape_tuple(ndim, shape),
+            PyObject *name = site_name(site, layer), *want = shape_tuple(ndim, shape),
                      *got = array_shape_tuple(src);
             if (name && want && got)
                 PyErr_Format(PyExc_ValueError,
@@ -687,7 +686,7 @@ static PyObject *Model_forward(GbModel *self, PyObject *args, PyObject *kwds) {
                      PyArray_ISALIGNED((PyArrayObject *)v) && PyArray_NDIM((PyArrayObject *)v) == nd;
             for (int i = 0; ok && i < nd; i++) ok = PyArray_DIM((PyArrayObject *)v, i) == sh[i];
             if (!ok) {
-                PyObject *name = site_name(self, site, layer), *want = shape_tuple(nd, sh);
+                PyObject *name = site_name(site, layer), *want = shape_tuple(nd, sh);
                 if (name && want)
                     PyErr_Format(PyExc_ValueError,
                                  "cache array for '%U' must be a writable C-contiguous float32 array of shape %R",
@@ -730,7 +729,7 @@ static PyObject *Model_forward(GbModel *self, PyObject *args, PyObject *kwds) {
     out = (PyArrayObject *)PyArray_SimpleNew(3, odims, NPY_FLOAT32);
     if (!out) goto fail;
 
-    call_ctx ctx = {.tstate = NULL, .callback = cb, .model = self};
+    call_ctx ctx = {.tstate = NULL, .callback = cb};
     gb_plan plan = {.mode = mode, .cache = cache, .call = bridge_call, .poll = bridge_poll, .ctx = &ctx};
     gb_run run = {
         .B = B, .P = P,
@@ -788,7 +787,7 @@ static PyObject *Model_hook_shape(GbModel *self, PyObject *args) {
     return shape_tuple(nd, sh);
 }
 
-static int append_name(PyObject *list, const char *fmt_layer, int site, int64_t layer) {
+static int append_name(PyObject *list, int site, int64_t layer) {
     PyObject *n = gb_sites[site].per_layer
                       ? PyUnicode_FromFormat("blocks.%lld.%s", (long long)layer, gb_sites[site].name)
                       : PyUnicode_FromString(gb_sites[site].name);
@@ -804,12 +803,12 @@ static PyObject *Model_hook_names(GbModel *self, PyObject *noargs) {
     if (!list) return NULL;
     const gb_config *c = &self->cfg;
     for (int s = 0; s < GB_SITE_COUNT && s < GB_SITE_RESID_PRE; s++)
-        if (gb_site_active(c, s) && append_name(list, NULL, s, -1)) goto fail;
+        if (gb_site_active(c, s) && append_name(list, s, -1)) goto fail;
     for (int64_t l = 0; l < c->n_layers; l++)
         for (int s = GB_SITE_RESID_PRE; s <= GB_SITE_RESID_POST; s++)
-            if (gb_site_active(c, s) && append_name(list, NULL, s, l)) goto fail;
+            if (gb_site_active(c, s) && append_name(list, s, l)) goto fail;
     for (int s = GB_SITE_RESID_POST + 1; s < GB_SITE_COUNT; s++)
-        if (gb_site_active(c, s) && append_name(list, NULL, s, -1)) goto fail;
+        if (gb_site_active(c, s) && append_name(list, s, -1)) goto fail;
     return list;
 fail:
     Py_DECREF(list);

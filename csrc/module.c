@@ -57,8 +57,10 @@ static PyMethodDef base_methods[] = {
 static PyMethodDef *all_methods = NULL;
 
 static struct PyModuleDef moduledef = {
-    PyModuleDef_HEAD_INIT, "glassbox._C",
-    "glassbox compute core: C kernels and the forward engine.", -1, NULL,
+    PyModuleDef_HEAD_INIT,
+    .m_name = "glassbox._C",
+    .m_doc = "glassbox compute core: C kernels and the forward engine.",
+    .m_size = -1,
 };
 
 static Py_ssize_t table_len(const PyMethodDef *t) {

@@ -262,7 +262,7 @@ GB_AVX2 static void softmax_row_avx2(const attn_ctx *c, int64_t r) { softmax_row
 GB_AVX2 static void apply_row_avx2(const attn_ctx *c, int64_t r) { apply_row_impl(c, r); }
 #endif
 
-static int use_avx2(void) {
+__attribute__((unused)) static int use_avx2(void) {
 #ifdef GB_HAVE_AVX2_ATTN
     return gb_isa_current() >= GB_ISA_AVX2;
 #else

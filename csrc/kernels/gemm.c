@@ -427,7 +427,7 @@ static void pack_a(float *restrict dst, const float *A, int64_t lda,
     }
 }
 
-static int gemm_blocked(const gb_gemm_kernel *kern, float *C, int64_t ldc,
+__attribute__((unused)) static int gemm_blocked(const gb_gemm_kernel *kern, float *C, int64_t ldc,
                         const float *A, int64_t lda, const gb_matrix *B,
                         const float *bias, int64_t M, int accumulate) {
     const int64_t K = B->K, N = B->N;

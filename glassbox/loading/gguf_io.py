@@ -465,22 +465,13 @@ def load_gguf(path: str, *, n_ctx: Optional[int] = None, first_n_layers: Optiona
 
 def _load(f: GGUFModelFile, path: str, n_ctx: Optional[int], first_n_layers: Optional[int],
           tokenizer: bool):
-    from .pretrained import LoadedModel, convert_hf_config
+    from .pretrained import LoadedModel, apply_overrides, convert_hf_config
     from .shapes import check_state_dict
 
     hf = gguf_hf_config(f)
     stem = os.path.basename(path)[: -len(".gguf")] if path.endswith(".gguf") else os.path.basename(path)
     cfg = convert_hf_config(hf, model_name=stem, tokenizer_name=path)
-    if first_n_layers is not None:
-        if not 0 < int(first_n_layers) <= cfg["n_layers"]:
-            raise ValueError(f"first_n_layers={first_n_layers} must be in 1..{cfg['n_layers']}")
-        cfg["n_layers"] = int(first_n_layers)
-        if cfg.get("attn_types"):
-            cfg["attn_types"] = cfg["attn_types"][: cfg["n_layers"]]
-    if n_ctx is not None:
-        if int(n_ctx) <= 0:
-            raise ValueError(f"n_ctx={n_ctx} must be positive")
-        cfg["n_ctx"] = int(n_ctx)
+    apply_overrides(cfg, n_ctx=n_ctx, first_n_layers=first_n_layers)
     if f.architecture == "gpt2":
         sd = _convert_gpt2(f, cfg, hf)
     else:

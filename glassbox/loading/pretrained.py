@@ -147,6 +147,21 @@ def _open_tensors(files: ModelFiles) -> Dict[str, SafeTensor]:
     return tensors
 
 
+def apply_overrides(cfg: Dict[str, Any], *, n_ctx: Optional[int], first_n_layers: Optional[int]) -> None:
+    """TransformerLens's ``from_pretrained(n_ctx=..., first_n_layers=...)``: truncate the blocks
+    and/or override the context length of a converted config, in place."""
+    if first_n_layers is not None:
+        if not 0 < int(first_n_layers) <= cfg["n_layers"]:
+            raise ValueError(f"first_n_layers={first_n_layers} must be in 1..{cfg['n_layers']}")
+        cfg["n_layers"] = int(first_n_layers)
+        if cfg.get("attn_types"):
+            cfg["attn_types"] = cfg["attn_types"][: cfg["n_layers"]]
+    if n_ctx is not None:
+        if int(n_ctx) <= 0:
+            raise ValueError(f"n_ctx={n_ctx} must be positive")
+        cfg["n_ctx"] = int(n_ctx)
+
+
 def load_pretrained_parts(
     name_or_path: str,
     *,
@@ -191,16 +206,7 @@ def load_pretrained_parts(
     tokenizer_name = files.official_name if files.repo_id else files.folder
     cfg = convert_hf_config(hf, model_name=files.official_name, tokenizer_name=tokenizer_name)
     cfg["dtype"] = dtype_name
-    if first_n_layers is not None:
-        if not 0 < int(first_n_layers) <= cfg["n_layers"]:
-            raise ValueError(f"first_n_layers={first_n_layers} must be in 1..{cfg['n_layers']}")
-        cfg["n_layers"] = int(first_n_layers)
-        if cfg.get("attn_types"):
-            cfg["attn_types"] = cfg["attn_types"][: cfg["n_layers"]]
-    if n_ctx is not None:
-        if int(n_ctx) <= 0:
-            raise ValueError(f"n_ctx={n_ctx} must be positive")
-        cfg["n_ctx"] = int(n_ctx)
+    apply_overrides(cfg, n_ctx=n_ctx, first_n_layers=first_n_layers)
 
     adapter = get_adapter(cfg["original_architecture"])
     src = TensorSource(_open_tensors(files), files.source, cfg["original_architecture"])

@@ -1,6 +1,6 @@
 """Load a GGUF file (llama.cpp's format) as a :class:`~glassbox.loading.pretrained.LoadedModel`.
 
-The file is memory-mapped with ``gguf.GGUFReader``. Matrix weights stay as stored (F32, F16,
+The file is memory-mapped and its header parsed by :mod:`.gguf_header`. Matrix weights stay as stored (F32, F16,
 BF16 or quantisation blocks Q8_0, Q4_0, Q4_1, Q4_K, Q6_K) and become
 :class:`~glassbox.loading.stored.StoredMatrix` objects over the mapped bytes; norm weights and
 biases become float32 arrays. The config is read from the GGUF metadata and converted by the same
@@ -73,40 +73,30 @@ class GGUFModelFile:
     Use :func:`open_gguf` to create one; it turns every parse failure into ``ValueError``.
     """
 
-    def __init__(self, path: str, reader: Any):
+    def __init__(self, path: str, fields: Dict[str, Any], tensors: List[Any], data_offset: int):
         self.path = path
-        self.reader = reader
-        self.tensors = {t.name: t for t in reader.tensors}
+        self.data_offset = data_offset  # where the tensor data starts (end of the header)
+        self.fields = fields
+        self.tensors = {t.name: t for t in tensors}
         self._size = os.path.getsize(path)
 
     # -- metadata -------------------------------------------------------------------------
     def __contains__(self, key: str) -> bool:
-        return key in self.reader.fields
+        return key in self.fields
 
     def get(self, key: str, default: Any = None) -> Any:
         """The metadata value ``key`` (str, int, float, bool or list), or ``default``."""
-        f = self.reader.fields.get(key)
-        if f is None:
-            return default
-        try:
-            return f.contents()
-        except Exception as exc:  # malformed field
-            raise ValueError(f"{self.path}: metadata {key!r} cannot be read ({exc})") from None
+        return self.fields.get(key, default)
 
     def require(self, key: str) -> Any:
         """The metadata value ``key``; ``ValueError`` naming the file when it is absent."""
-        if key not in self.reader.fields:
+        if key not in self.fields:
             raise ValueError(f"{self.path}: GGUF metadata key {key!r} is missing")
-        return self.get(key)
+        return self.fields[key]
 
     def metadata(self) -> Dict[str, Any]:
         """All metadata except the big tokenizer arrays (given as their length)."""
-        out: Dict[str, Any] = {}
-        for key, f in self.reader.fields.items():
-            if key.startswith("GGUF."):
-                continue
-            out[key] = f"<{len(f.data)} items>" if key in _BIG_ARRAYS else self.get(key)
-        return out
+        return {key: f"<{len(v)} items>" if key in _BIG_ARRAYS else v for key, v in self.fields.items()}
 
     @property
     def architecture(self) -> str:
@@ -117,18 +107,18 @@ class GGUFModelFile:
         return name in self.tensors
 
     def tensor_type(self, name: str) -> str:
-        return self.tensors[name].tensor_type.name
+        return self.tensors[name].type_name
 
     def dims(self, name: str) -> Tuple[int, ...]:
         """Dimensions outermost first (numpy order): ``(rows, cols)`` for a matrix."""
-        return tuple(int(x) for x in reversed(self.tensors[name].shape.tolist()))
+        return tuple(int(x) for x in reversed(self.tensors[name].ne))
 
     def _tensor(self, name: str):
         t = self.tensors.get(name)
         if t is None:
             raise ValueError(f"{self.path}: tensor {name!r} is missing from the GGUF file "
                              f"({self.architecture} needs it)")
-        kind = t.tensor_type.name
+        kind = t.type_name
         if kind not in SUPPORTED_TENSOR_TYPES:
             raise ValueError(f"{self.path}: tensor {name!r} has type {kind}, which glassbox cannot "
                              f"load; supported types: {', '.join(SUPPORTED_TENSOR_TYPES)}")
@@ -151,8 +141,8 @@ class GGUFModelFile:
         return self._rows(t, *shape)
 
     def _rows(self, t: Any, rows: int, cols: int) -> Tuple[np.ndarray, str]:
-        name, dtype = t.name, t.tensor_type.name
-        raw = np.asarray(t.data).reshape(-1).view(np.uint8)
+        name, dtype = t.name, t.type_name
+        raw = t.data
         if raw.nbytes != rows * row_bytes(dtype, cols):
             raise ValueError(f"{self.path}: tensor {name!r} holds {raw.nbytes} bytes, expected "
                              f"{rows * row_bytes(dtype, cols)} for {dtype} {shape}")
@@ -171,7 +161,7 @@ class GGUFModelFile:
         if t.n_elements != n:
             raise ValueError(f"{self.path}: tensor {name!r} has shape {self.dims(name)} but the GGUF "
                              f"metadata implies {tuple(shape)}")
-        cols = int(t.shape[0])  # ne[0]: the innermost dimension
+        cols = int(t.ne[0])  # ne[0]: the innermost dimension
         storage, dtype = self._rows(t, n // cols, cols)
         return _dequantize(storage, dtype, n // cols, cols).reshape(shape)
 
@@ -198,21 +188,15 @@ def open_gguf(path: str) -> GGUFModelFile:
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{path}: no such GGUF file")
+    from .gguf_header import read_gguf
+
     try:
-        import gguf
-    except ImportError as exc:  # pragma: no cover - declared dependency for GGUF loading
-        raise ImportError("loading GGUF files needs the 'gguf' package (pip install gguf)") from exc
-    with open(path, "rb") as fh:
-        magic = fh.read(4)
-    if magic != b"GGUF":
-        raise ValueError(f"{path}: not a GGUF file (magic {magic!r}, expected b'GGUF')")
-    try:
-        reader = gguf.GGUFReader(path, "c")  # copy-on-write: writes never reach the file
-    except Exception as exc:  # truncated / corrupt headers raise all sorts of errors
+        fields, tensors, data_offset = read_gguf(path)
+    except ValueError:
+        raise
+    except Exception as exc:  # anything else a corrupt header provokes
         raise ValueError(f"{path}: corrupt or truncated GGUF file ({type(exc).__name__}: {exc})") from None
-    if reader.byte_order != "I":
-        raise ValueError(f"{path}: big-endian GGUF files are not supported")
-    return GGUFModelFile(path, reader)
+    return GGUFModelFile(path, fields, tensors, data_offset)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -20,7 +20,7 @@ import logging
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
-from typing import Any, Callable, Iterator, Literal, Optional, Sequence, Union
+from typing import Any, Callable, Iterator, Literal, Optional, Sequence, Tuple, Union
 
 NamesFilter = Optional[Union[Callable[[str], bool], Sequence[str], str]]
 HookFunction = Callable[..., Any]
@@ -148,26 +148,24 @@ class HookPoint(Module):
         else:
             self.fwd_hooks.append(handle)
 
+    @staticmethod
+    def _directions(dir: str) -> Tuple[str, ...]:
+        """The hook-list attributes a ``dir`` of "fwd" / "bwd" / "both" selects."""
+        if dir not in ("fwd", "bwd", "both"):
+            raise ValueError(f"Invalid direction {dir}")
+        return {"fwd": ("fwd_hooks",), "bwd": ("bwd_hooks",), "both": ("fwd_hooks", "bwd_hooks")}[dir]
+
     def has_hooks(
         self,
         dir: Literal["fwd", "bwd", "both"] = "both",
         including_permanent: bool = True,
         level: Optional[int] = None,
     ) -> bool:
-        if dir not in ("fwd", "bwd", "both"):
-            raise ValueError(f"Invalid direction {dir}")
-        handles = []
-        if dir in ("fwd", "both"):
-            handles += self.fwd_hooks
-        if dir in ("bwd", "both"):
-            handles += self.bwd_hooks
-        for h in handles:
-            if not including_permanent and h.is_permanent:
-                continue
-            if level is not None and h.context_level != level:
-                continue
-            return True
-        return False
+        return any(
+            (including_permanent or not h.is_permanent) and (level is None or h.context_level == level)
+            for attr in self._directions(dir)
+            for h in getattr(self, attr)
+        )
 
     def remove_hooks(
         self,
@@ -175,18 +173,13 @@ class HookPoint(Module):
         including_permanent: bool = False,
         level: Optional[int] = None,
     ) -> None:
-        if dir not in ("fwd", "bwd", "both"):
-            raise ValueError(f"Invalid direction {dir}")
-
         def keep(h: LensHandle) -> bool:
             if including_permanent:
                 return False
             return h.is_permanent or (level is not None and h.context_level != level)
 
-        if dir in ("fwd", "both"):
-            self.fwd_hooks = [h for h in self.fwd_hooks if keep(h)]
-        if dir in ("bwd", "both"):
-            self.bwd_hooks = [h for h in self.bwd_hooks if keep(h)]
+        for attr in self._directions(dir):
+            setattr(self, attr, [h for h in getattr(self, attr) if keep(h)])
 
     def clear_context(self) -> None:
         self.ctx = {}

@@ -351,16 +351,18 @@ class LocallyOverridenDefaults:
         self._saved: dict = {}
 
     def __enter__(self) -> "LocallyOverridenDefaults":
+        # validate everything before changing anything: a rejected argument leaves the model as it was
+        if self.padding_side is not None and self.padding_side not in ("left", "right"):
+            raise ValueError(f"padding_side must be 'left' or 'right', got {self.padding_side!r}")
+        if self.prepend_bos is not None and not isinstance(self.prepend_bos, (bool, np.bool_)):
+            raise ValueError(f"prepend_bos must be True, False or None, got {self.prepend_bos!r}")
         if self.prepend_bos is not None:
             self._saved["prepend_bos"] = self.model.cfg.default_prepend_bos
-            self.model.cfg.default_prepend_bos = self.prepend_bos
+            self.model.cfg.default_prepend_bos = bool(self.prepend_bos)
         tok = getattr(self.model, "tokenizer", None)
-        if self.padding_side is not None:
-            if self.padding_side not in ("left", "right"):
-                raise ValueError(f"padding_side must be 'left' or 'right', got {self.padding_side!r}")
-            if tok is not None:
-                self._saved["padding_side"] = tok.padding_side
-                tok.padding_side = self.padding_side
+        if self.padding_side is not None and tok is not None:
+            self._saved["padding_side"] = tok.padding_side
+            tok.padding_side = self.padding_side
         return self
 
     def __exit__(self, *exc: Any) -> None:

@@ -3,7 +3,6 @@ handed to the engine, hook dispatch, and ``run_with_cache``.
 """
 from __future__ import annotations
 
-import logging
 from typing import Any, Dict, List, NamedTuple, Optional, Tuple, Union
 
 import numpy as np
@@ -13,6 +12,8 @@ from glassbox.ActivationCache import ActivationCache
 from glassbox.arrays import asarray_f32, is_torch, to_numpy, wants_torch, wrap
 from glassbox.hook_points import HookPoint, NamesFilter, _make_names_filter, _store_activation
 from glassbox.utils import USE_DEFAULT_VALUE, LocallyOverridenDefaults, Slice
+from glassbox.transformer.checks import (FiniteGuard, as_attention_mask, as_token_array, check_return_type,
+                                         check_tokens, resolve_layer)
 
 
 class Output(NamedTuple):
@@ -25,11 +26,27 @@ class Output(NamedTuple):
 class _RunState:
     """Per-forward bookkeeping shared with the engine callback."""
 
-    __slots__ = ("torch_mode", "site_names")
+    __slots__ = ("torch_mode", "site_names", "fired", "planned", "position", "guard")
 
-    def __init__(self, torch_mode: bool, site_names: Dict[Tuple[int, int], str]):
+    def __init__(self, torch_mode: bool, site_names: Dict[Tuple[int, int], str], fired: List[str],
+                 planned: set, guard: Optional[FiniteGuard] = None):
         self.torch_mode = torch_mode
         self.site_names = site_names
+        self.fired = {name: i for i, name in enumerate(fired)}  # firing rank of each point
+        self.planned = planned  # points the engine calls back at in this run
+        self.position = -1  # rank of the point being dispatched
+        self.guard = guard
+
+    def refuse_new_hook(self, name: str) -> Optional[str]:
+        """Why a hook added now at ``name`` could not fire in this run (None if it can, or if the
+        point has already fired — then, as in TransformerLens, it fires from the next run on)."""
+        rank = self.fired.get(name)
+        if rank is None or rank <= self.position or name in self.planned:
+            return None
+        return (f"a hook was added to {name!r} while a forward pass is running, before that point "
+                f"fired; glassbox fixes which points call into Python when the pass starts, so it "
+                f"would not fire in this pass (TransformerLens would run it). Add the hook before "
+                f"the run (e.g. in fwd_hooks=[...]), or add it to a point that already has a hook")
 
 
 class _CacheRequest:
@@ -65,62 +82,38 @@ def _note(exc: BaseException, hook_name: str) -> None:
 
 
 def _as_tokens(x: Any) -> np.ndarray:
-    """Token input (tensor / ndarray / list of ints) → int64 ndarray, checked."""
-    arr = np.asarray(to_numpy(x))
-    if arr.dtype == object:
-        raise ValueError("tokens must be a rectangular array of integers")
-    if arr.dtype.kind == "b" or arr.dtype.kind not in "iu":
-        if arr.dtype.kind == "f" and arr.ndim == 3:
-            raise ValueError(
-                "got a float array of shape [batch, pos, d_model]: pass start_at_layer= to run from a residual stream"
-            )
-        raise ValueError(f"tokens must be integers, got dtype {arr.dtype}")
-    if arr.ndim not in (1, 2):
-        raise ValueError(f"tokens must have shape [batch, pos] or [pos], got {tuple(arr.shape)}")
-    return np.ascontiguousarray(arr.astype(np.int64))
+    """Token input (tensor / ndarray / list of ints) → int64 ndarray [batch, pos] or [pos]."""
+    return np.ascontiguousarray(as_token_array(x), dtype=np.int64)
 
 
 class RunMixin:
     """Part of :class:`glassbox.HookedTransformer` (see its docstring)."""
 
     def _input_to_tokens(self, input: Any, attention_mask: Any) -> Tuple[np.ndarray, Optional[np.ndarray]]:
-        """Tokens [B, P] int64 and the attention mask TL would use (or None)."""
+        """Tokens [B, P] int64 (checked: shape, n_ctx, id range — before any widening) and the
+        attention mask TL would use (or None)."""
         if isinstance(input, str) or (isinstance(input, list) and input and all(isinstance(s, str) for s in input)):
             tok = self._require_tokenizer("string input")
             tokens, _ = tok.encode_batch(
                 input, prepend_bos=self.cfg.default_prepend_bos, padding_side=tok.padding_side, max_length=self.cfg.n_ctx
             )
         else:
-            tokens = _as_tokens(input)
+            tokens = as_token_array(input)
         if tokens.ndim == 1:
             tokens = tokens[None]
+        tokens = self._validate_tokens(tokens)
         mask = None
-        if (self.tokenizer is not None and self.tokenizer.padding_side == "left") or attention_mask is not None:
-            if attention_mask is None:
-                mask = to_numpy(utils.get_attention_mask(self.tokenizer, tokens, self.cfg.default_prepend_bos))
-            else:
-                mask = np.asarray(to_numpy(attention_mask))
-                if mask.ndim == 1:
-                    mask = mask[None]
-            if tuple(mask.shape) != tuple(tokens.shape):
-                raise AssertionError(
-                    f"Attention mask shape {tuple(mask.shape)} does not match tokens shape {tuple(tokens.shape)}"
-                )
-            mask = np.ascontiguousarray(mask.astype(np.int64))
+        if attention_mask is not None:
+            mask = as_attention_mask(attention_mask, tokens.shape)
+        elif self.tokenizer is not None and self.tokenizer.padding_side == "left":
+            mask = np.ascontiguousarray(
+                to_numpy(utils.get_attention_mask(self.tokenizer, tokens, self.cfg.default_prepend_bos)), dtype=np.int64)
         return tokens, mask
 
-    def _validate_tokens(self, tokens: np.ndarray) -> None:
-        if tokens.ndim != 2:
-            raise ValueError(f"tokens must have shape [batch, pos] or [pos], got {tuple(tokens.shape)}")
-        if tokens.shape[0] == 0 or tokens.shape[1] == 0:
-            raise ValueError(f"tokens must be non-empty, got shape {tuple(tokens.shape)}")
-        V = int(self.embed._params["W_E"].shape[0])
-        lo, hi = int(tokens.min()), int(tokens.max())
-        if lo < 0 or hi >= V:
-            bad = lo if lo < 0 else hi
-            raise ValueError(f"token id {bad} is out of range for d_vocab={V}")
-        if self.cfg.positional_embedding_type == "standard" and tokens.shape[1] > self.cfg.n_ctx:
-            raise ValueError(f"sequence of {tokens.shape[1]} tokens is longer than n_ctx={self.cfg.n_ctx}")
+    def _validate_tokens(self, tokens: np.ndarray) -> np.ndarray:
+        """``tokens`` [B, P] of any integer dtype, checked, as int64."""
+        n_ctx = self.cfg.n_ctx if self.cfg.positional_embedding_type == "standard" else None
+        return check_tokens(tokens, int(self.embed._params["W_E"].shape[0]), n_ctx)
 
     def forward(
         self,
@@ -150,13 +143,14 @@ class RunMixin:
             raise NotImplementedError("shortformer models are not supported by glassbox")
         torch_mode = wants_torch(input)
         L = self.cfg.n_layers
-        with LocallyOverridenDefaults(self, prepend_bos=prepend_bos, padding_side=padding_side):
+        check_return_type(return_type)
+        stop = resolve_layer(stop_at_layer, L, "stop_at_layer")
+        with self._run_lock, LocallyOverridenDefaults(self, prepend_bos=prepend_bos, padding_side=padding_side):
             residual = None
             if start_at_layer is None:
                 tok_np, mask = self._input_to_tokens(input, attention_mask)
-                if self.cfg.use_hook_tokens:
-                    tok_np = self._run_hook_tokens(tok_np, torch_mode)
-                self._validate_tokens(tok_np)
+                if self.cfg.use_hook_tokens and self.hook_tokens.fwd_hooks:
+                    tok_np = self._validate_tokens(self._run_hook_tokens(tok_np, torch_mode))
                 B, P = tok_np.shape
                 start = 0
             else:
@@ -168,21 +162,13 @@ class RunMixin:
                         f"with start_at_layer, input must have shape [batch, pos, {self.cfg.d_model}], got {tuple(residual.shape)}"
                     )
                 B, P = residual.shape[:2]
-                start = start_at_layer + L if start_at_layer < 0 else start_at_layer
-                if not 0 <= start <= L:
-                    raise ValueError(f"start_at_layer={start_at_layer} is out of range for {L} layers")
+                start = resolve_layer(start_at_layer, L, "start_at_layer")
                 tok_np = _as_tokens(tokens) if tokens is not None else None
                 if tok_np is not None and tok_np.ndim == 1:
                     tok_np = tok_np[None]
                 mask = None
                 if attention_mask is not None:
-                    mask = np.ascontiguousarray(np.asarray(to_numpy(attention_mask)).astype(np.int64))
-                    if mask.ndim == 1:
-                        mask = mask[None]
-            stop = None
-            if stop_at_layer is not None:
-                stop = stop_at_layer + L if stop_at_layer < 0 else stop_at_layer
-                stop = max(0, min(stop, L))
+                    mask = as_attention_mask(attention_mask, (B, P))
             positions = None
             if mask is not None:
                 positions = np.ascontiguousarray(np.maximum(np.cumsum(mask, axis=1) - 1, 0).astype(np.int64))
@@ -205,9 +191,6 @@ class RunMixin:
         logits = out
         if return_type == "logits":
             return wrap(logits, torch_mode)
-        if return_type not in ("loss", "both"):
-            logging.warning(f"Invalid return_type passed in: {return_type}")
-            return None
         if tok_np is None:
             raise AssertionError("tokens must be passed in if return_type is 'loss' or 'both'")
         logits_out = wrap(logits, torch_mode)
@@ -260,16 +243,22 @@ class RunMixin:
         fired = self._fired_names(engine, start, stop, tokens is not None, final, unembed)
         hooks: List[Tuple[int, int]] = []
         cache: Dict[Tuple[int, int], np.ndarray] = {}
-        run = _RunState(torch_mode, self._name_of)
+        guard = FiniteGuard(fired) if self._check_finite else None
+        planned = set()
         for name in fired:
             hp = self.hook_dict.get(name)
             key = self._site_of[name]
             if hp is not None and hp.fwd_hooks:
                 hooks.append(key)
-            elif req is not None and req.keep(name):
+                planned.add(name)
+            elif (req is not None and req.keep(name)) or guard is not None:
                 arr = np.empty(tuple(engine.hook_shape(key[0], B, P)), dtype=np.float32)
                 cache[key] = arr
-                req.fast[name] = arr
+                if req is not None and req.keep(name):
+                    req.fast[name] = arr
+                if guard is not None:
+                    guard.copies[name] = arr
+        run = _RunState(torch_mode, self._name_of, fired, planned, guard)
         if req is not None:
             req.order = (["hook_tokens"] if tokens is not None and self.cfg.use_hook_tokens else []) + fired
             req.torch_mode = torch_mode
@@ -290,14 +279,22 @@ class RunMixin:
         prev = self._run
         self._run = run
         try:
-            return engine.forward(tokens, **kwargs)
+            out = engine.forward(tokens, **kwargs)
         finally:
             self._run = prev
+        if guard is not None:
+            guard.raise_first()
+        return out
 
     def _dispatch(self, site_id: int, layer: int, call_index: int, act: np.ndarray) -> Optional[np.ndarray]:
         """Engine callback: run the hooks of one point on ``act``."""
         run = self._run
-        return self._run_point_hooks(run.site_names[(site_id, layer)], act)
+        name = run.site_names[(site_id, layer)]
+        run.position = run.fired.get(name, run.position)
+        out = self._run_point_hooks(name, act)
+        if run.guard is not None:
+            run.guard.check_hooked(name, act if out is None else out)
+        return out
 
     def _run_point_hooks(self, name: str, act: np.ndarray) -> Optional[np.ndarray]:
         """Run the hook functions of point ``name`` on ``act``; the replacement or None."""

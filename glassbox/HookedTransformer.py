@@ -240,6 +240,11 @@ class HookedTransformer(PretrainedMixin, WeightsMixin, TokensMixin, EngineMixin,
     def requires_grad_(self, requires_grad: bool = True) -> "HookedTransformer":
         return self
 
+    def _repr_html_(self) -> str:
+        from glassbox.display import model_html
+
+        return model_html(self)
+
     def __repr__(self) -> str:
         return (
             f"HookedTransformer(model_name={self.cfg.model_name!r}, n_layers={self.cfg.n_layers}, "

@@ -76,6 +76,9 @@ class HookedTransformerConfig:
     use_local_attn: bool = False
     ungroup_grouped_query_attention: bool = False
     original_architecture: Optional[str] = None
+    #: glassbox: how the weights are stored, e.g. ``"float32"``, ``"bfloat16"``, ``"Q4_1+Q8_0+float32"``
+    #: (set by ``from_pretrained``; ``dtype`` is the compute dtype, always float32 here)
+    weight_dtype: Optional[str] = None
     from_checkpoint: bool = False
     checkpoint_index: Optional[int] = None
     checkpoint_label_type: Optional[str] = None
@@ -165,6 +168,9 @@ class HookedTransformerConfig:
             self.n_params += self.n_layers * per_layer
         if self.use_attn_scale and self.attn_scale == -1.0:
             self.attn_scale = float(np.sqrt(self.d_head))
+        for name, value in list(self.__dict__.items()):  # plain Python values in reprs and dumps
+            if isinstance(value, np.generic):
+                setattr(self, name, value.item())
         assert self.default_prepend_bos in (True, False), (
             f"default_prepend_bos must be either True or False, but {self.default_prepend_bos} is given"
         )
@@ -188,6 +194,11 @@ class HookedTransformerConfig:
 
     def __repr__(self) -> str:
         return "HookedTransformerConfig:\n" + pprint.pformat(self.to_dict())
+
+    def _repr_html_(self) -> str:
+        from glassbox.display import config_html
+
+        return config_html(self)
 
     def set_seed_everywhere(self, seed: int) -> None:
         random.seed(seed)

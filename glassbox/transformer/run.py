@@ -64,10 +64,17 @@ def _c_module():
     try:
         from glassbox import _C
     except ImportError as exc:  # pragma: no cover - depends on the build
-        raise ImportError(
-            "glassbox's C extension (glassbox._C) is not built; run "
-            "`python setup.py build_ext --inplace` or `pip install .`"
-        ) from exc
+        import os
+
+        pkg = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        if os.path.exists(os.path.join(os.path.dirname(pkg), "setup.py")):
+            where = (f"glassbox was imported from its source tree ({pkg}), which has no built "
+                     "extension: the folder you are in shadows any installed copy. Run "
+                     "`pip install -e .` here (it builds glassbox/_C in place), or run from "
+                     "another folder")
+        else:
+            where = "reinstall glassbox (`pip install --force-reinstall glassbox-lens`)"
+        raise ImportError(f"glassbox's C extension (glassbox._C) is not available: {where}") from exc
     return _C
 
 

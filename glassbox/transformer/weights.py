@@ -88,6 +88,9 @@ class WeightsMixin:
             else:
                 module._params[leaf] = np.array(arr, dtype=np.float32, order="C")
         self._engine_dirty = True
+        from glassbox.display import weight_storage
+
+        self.cfg.weight_dtype = "+".join(weight_storage(self))
 
     def state_dict(self) -> Dict[str, Any]:
         """Parameters by TransformerLens name (views of the model's buffers; float32 copies,

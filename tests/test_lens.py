@@ -507,6 +507,13 @@ def test_plots_return_figures_with_the_data(zoo):
     np.testing.assert_allclose(fig.axes[2].lines[0].get_ydata(), res.kl[:, 0, -2])
     res.str_tokens = [["$x$ \n"] * 12, ["a$"] * 12]  # mathtext and control characters print literally
     res.plot_heatmap("kl").savefig(__import__("io").BytesIO(), format="png")
+    heads = lens.component_lens(cache, tokens, target=[4, 8], components="heads", pos_slice=[3, 7])
+    fig = heads.plot_heads("prob", target=1, pos=1, batch=1)
+    L, H = model.cfg.n_layers, model.cfg.n_heads
+    grid = np.ma.filled(fig.axes[0].images[0].get_array(), np.nan)
+    np.testing.assert_allclose(grid, heads.target_probs[:, 1, 1, 1].reshape(L, H))
+    with pytest.raises(ValueError, match="heads result"):
+        res.plot_heads()
 
 
 # ------------------------------------------------------------------------------------------

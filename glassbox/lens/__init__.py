@@ -15,7 +15,7 @@ Each returns a :class:`LensResult`: top-k tokens with probabilities, the probabi
 logit and rank of target tokens, entropy and ``KL(final || lens)`` at every component and
 position, as arrays (NumPy, or torch for torch-mode caches), a readable table (``repr``, and HTML in
 Jupyter), ``to_dict()`` / ``to_records()``, and matplotlib plots (``plot_heatmap``,
-``plot_lines``) that return the Figure.
+``plot_lines``, ``plot_heads``) that return the Figure.
 
 The read-out is the model's (:class:`FinalReadout`): for RMSNorm models ln_final's gain is applied
 exactly as the model applies it — folded into ``W_U`` after ``from_pretrained``, applied from
@@ -35,7 +35,7 @@ Example:
     >>> heads = glassbox.lens.component_lens(cache, tokens, " Mary", components="heads", pos_slice=-1)  # doctest: +SKIP
 """
 from glassbox.lens.api import activation_lens, component_lens, logit_lens
-from glassbox.lens.plots import plot_lens_heatmap, plot_lens_lines
+from glassbox.lens.plots import plot_lens_heads, plot_lens_heatmap, plot_lens_lines
 from glassbox.lens.readout import FinalReadout
 from glassbox.lens.result import LensResult
 
@@ -47,4 +47,5 @@ __all__ = [
     "FinalReadout",
     "plot_lens_heatmap",
     "plot_lens_lines",
+    "plot_lens_heads",
 ]

@@ -184,4 +184,57 @@ def plot_lens_lines(
     return fig
 
 
-__all__ = ["plot_lens_heatmap", "plot_lens_lines", "METRICS", "plain"]
+def plot_lens_heads(
+    res: Any,
+    metric: str = "rank",
+    *,
+    target: int = 0,
+    pos: int = -1,
+    batch: int = 0,
+    ax: Any = None,
+    title: Optional[str] = None,
+) -> Any:
+    """Layers (rows) x heads (columns) heatmap of one metric at one position, for a result of
+    ``component_lens(..., components="heads")`` (labels ``"L{l}H{h}"``).
+
+    Returns:
+        the matplotlib Figure.
+    """
+    import re
+
+    from matplotlib.colors import LogNorm, Normalize
+
+    cells = [re.fullmatch(r"L(\d+)H(\d+)", s) for s in res.labels]
+    if not cells or not all(cells):
+        raise ValueError("plot_lens_heads needs a heads result (labels 'L{l}H{h}', from components='heads')")
+    lh = [(int(m.group(1)), int(m.group(2))) for m in cells]
+    layers = sorted({l for l, _ in lh})
+    n_heads = max(h for _, h in lh) + 1
+    b, p = res._batch(batch), res._pos(pos)
+    data, what = _metric(res, metric, target)
+    grid = np.full((len(layers), n_heads), np.nan)
+    row = {l: i for i, l in enumerate(layers)}
+    for i, (l, h) in enumerate(lh):
+        grid[row[l], h] = data[i, b, p]
+    fig, ax = _figure((min(30.0, max(5.0, 0.45 * n_heads + 2.5)), min(30.0, max(3.0, 0.32 * len(layers) + 1.6))), ax)
+    if metric == "rank":
+        finite = grid[np.isfinite(grid)]
+        vmax = max(2.0, float(finite.max()) + 1) if finite.size else 2.0
+        im = ax.imshow(np.ma.masked_invalid(grid + 1), aspect="auto", cmap="viridis_r", norm=LogNorm(1, vmax))
+        label = f"{what} + 1 (log scale)"
+    else:
+        finite = grid[np.isfinite(grid)]
+        lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
+        norm = Normalize(0, 1) if metric == "prob" else Normalize(lo, hi if hi > lo else lo + 1)
+        im = ax.imshow(np.ma.masked_invalid(grid), aspect="auto", cmap="Blues" if metric == "prob" else "viridis", norm=norm)
+        label = what
+    fig.colorbar(im, ax=ax, label=label)
+    ax.set_yticks(range(len(layers)), [str(l) for l in layers], fontsize=8)
+    ax.set_xticks(range(n_heads), [str(h) for h in range(n_heads)], fontsize=8)
+    ax.set_xlabel("head")
+    ax.set_ylabel("layer")
+    ax.set_title(title if title is not None else f"{what} per head — {res._header(b, p)}")
+    return fig
+
+
+__all__ = ["plot_lens_heatmap", "plot_lens_lines", "plot_lens_heads", "METRICS", "plain"]

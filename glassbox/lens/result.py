@@ -347,6 +347,13 @@ class LensResult:
 
         return plot_lens_lines(self, metrics, **kwargs)
 
+    def plot_heads(self, metric: str = "rank", **kwargs: Any) -> Any:
+        """Layers x heads heatmap at one position (heads results); see
+        :func:`glassbox.lens.plots.plot_lens_heads`."""
+        from glassbox.lens.plots import plot_lens_heads
+
+        return plot_lens_heads(self, metric, **kwargs)
+
 
 def _float(x: Any) -> Optional[float]:
     x = float(x)

@@ -494,3 +494,25 @@ def test_model_views_in_browser(browser, zoo, tmp_path, shots):
     assert labels == [str(i) for i in lt[0]]  # the fixture has no tokenizer: ids
     browser.screenshot(shots / "attention-two-views.png")
     assert browser.errors() == []
+
+
+def test_notebook_outputs(tmp_path):
+    """In a real Jupyter kernel (nbclient + ipykernel), a view as a cell's value gives a text/html
+    output holding its fragment (what the notebook page then renders) and the text/plain repr."""
+    nbformat = pytest.importorskip("nbformat")
+    nbclient = pytest.importorskip("nbclient")
+    pytest.importorskip("ipykernel")
+    root = Path(__file__).resolve().parent.parent
+    cells = [
+        "import sys; sys.path.insert(0, %r)\n" % str(root)
+        + "import numpy as np\nfrom glassbox.visualization import AttentionView\n"
+        "p = np.tril(np.ones((4, 4), np.float32)); p /= p.sum(-1, keepdims=True)\n"
+        "AttentionView(np.stack([p, p])[None], ['a', '<b>', 'c', 'd'], [0])",
+    ]
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(c) for c in cells])
+    nbclient.NotebookClient(nb, timeout=120, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
+    out = nb.cells[0].outputs[0]
+    assert out["output_type"] == "execute_result"
+    html = out["data"]["text/html"]
+    assert html.startswith('<div class="gbav-wrap">') and "<script>" in html and "\\u003cb\\u003e" in html
+    assert "AttentionView(1 layers x 2 heads" in out["data"]["text/plain"]

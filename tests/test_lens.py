@@ -469,6 +469,10 @@ def test_repr_html_dict_records(zoo):
     pd = pytest.importorskip("pandas")
     df = pd.DataFrame(recs)
     assert set(df["target_token"]) == {5, 9}
+    pytest.importorskip("IPython")
+    from IPython.core.formatters import HTMLFormatter
+
+    assert HTMLFormatter()(res).count("<tr>") == len(res.labels) + 2  # what Jupyter shows
 
 
 def test_html_escapes_tokens(zoo):

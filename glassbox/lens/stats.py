@@ -11,7 +11,7 @@ float64; KL and entropy are sums of float32 terms accumulated in float64, return
 """
 from __future__ import annotations
 
-from typing import Callable, Dict, Optional
+from typing import Callable, Dict
 
 import numpy as np
 

@@ -18,6 +18,7 @@ from glassbox.HookedTransformer import HookedTransformer, Output
 from glassbox.tokenization import Tokenizer
 
 from glassbox import hook_points, utilities, components, config  # noqa: E402,F401
+from glassbox import lens, visualization  # noqa: E402,F401
 
 try:  # modules owned by colleagues; optional while they land
     from glassbox.FactoredMatrix import FactoredMatrix  # noqa: F401
@@ -42,4 +43,6 @@ __all__ = [
     "config",
     "set_array_backend",
     "get_array_backend",
+    "lens",
+    "visualization",
 ]

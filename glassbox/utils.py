@@ -116,61 +116,12 @@ def get_matrix_corner(tensor: Any, n: int = 3) -> Any:
 
 
 def composition_scores(left: Any, right: Any, broadcast_dims: bool = True) -> Any:
-    """Composition score ``|L @ R|_F / (|L|_F |R|_F)`` of two circuits (A Mathematical Framework).
+    """Composition scores ``|L R|_F / (|L|_F |R|_F)`` of FactoredMatrix (or dense) circuits, e.g.
+    ``composition_scores(model.OV, model.QK)`` -> ``[n_layers, n_heads, n_layers, n_heads]``.
+    See :func:`glassbox.utilities.matrix.composition_scores`."""
+    from glassbox.utilities.matrix import composition_scores as scores
 
-    ``left`` ``[..., l, m]`` and ``right`` ``[..., m, r]`` are :class:`~glassbox.FactoredMatrix`
-    objects (e.g. ``model.OV`` and ``model.QK``) or dense arrays. With ``broadcast_dims`` the
-    leading dimensions of the two are crossed (``left`` ``[*L, l, m]`` and ``right`` ``[*R, m, r]``
-    give ``[*L, *R]``, e.g. ``[n_layers, n_heads, n_layers, n_heads]`` for every pair of heads);
-    otherwise they are broadcast against each other. Factored inputs are compared through
-    ``left.collapse_l()`` and ``right.collapse_r()``, which have the same norms and product norm
-    as the full matrices but only ``d_head`` rows / columns: the d_model x d_model matrices are
-    never formed. See ``HookedTransformer.all_composition_scores``.
-
-    Raises:
-        ValueError: ``left.rdim != right.ldim`` (also an AssertionError, as TransformerLens).
-    """
-    from glassbox.FactoredMatrix import FactoredMatrix, FactoredMatrixShapeError
-
-    def ldim_rdim(x: Any) -> tuple:
-        return (x.ldim, x.rdim) if isinstance(x, FactoredMatrix) else tuple(x.shape[-2:])
-
-    for name, x in (("left", left), ("right", right)):
-        if not isinstance(x, FactoredMatrix) and getattr(x, "ndim", 0) < 2:
-            raise TypeError(f"composition_scores: {name} must be a FactoredMatrix or an array with at least "
-                            f"2 dimensions, got {type(x).__name__}")
-    if broadcast_dims:
-        l_lead, r_lead = left.ndim - 2, right.ndim - 2
-        if isinstance(right, FactoredMatrix):
-            for i in range(l_lead):
-                right = right.unsqueeze(i)
-        else:
-            right = right.reshape((1,) * l_lead + tuple(right.shape))
-        if isinstance(left, FactoredMatrix):
-            for i in range(r_lead):
-                left = left.unsqueeze(i + l_lead)
-        else:
-            left = left.reshape(tuple(left.shape[:-2]) + (1,) * r_lead + tuple(left.shape[-2:]))
-    if ldim_rdim(left)[1] != ldim_rdim(right)[0]:
-        raise FactoredMatrixShapeError(
-            f"Composition scores require left.rdim==right.ldim, shapes were left: {tuple(left.shape)}, "
-            f"right: {tuple(right.shape)}")
-    new_left = left.collapse_l() if isinstance(left, FactoredMatrix) else left
-    new_right = right.collapse_r() if isinstance(right, FactoredMatrix) else right
-    if is_torch(new_left) != is_torch(new_right):  # one torch, one NumPy: answer in torch
-        new_left = new_left if is_torch(new_left) else wrap(np.asarray(new_left), True).to(new_right.device)
-        new_right = new_right if is_torch(new_right) else wrap(np.asarray(new_right), True).to(new_left.device)
-
-    def fro(x: Any) -> Any:
-        return ((x * x.conj()).real.sum((-2, -1))) ** 0.5 if not is_torch(x) else x.norm(dim=(-2, -1))
-
-    if is_torch(new_left) and new_left.dtype != new_right.dtype:
-        import torch
-
-        common = torch.promote_types(new_left.dtype, new_right.dtype)
-        new_left, new_right = new_left.to(common), new_right.to(common)
-    scores = fro(new_left @ new_right) / fro(new_right) / fro(new_left)
-    return scores if is_torch(scores) else np.asarray(scores)
+    return scores(left, right, broadcast_dims=broadcast_dims)
 
 
 def transpose(tensor: Any) -> Any:

@@ -402,6 +402,21 @@ def test_composition_scores(kind, broadcast):
     close(got, ref, RTOL_SVD, "composition_scores")
     dense = utils.composition_scores(arr(kind, tleft.AB), arr(kind, tright.AB), broadcast_dims=broadcast)
     close(dense, ref, RTOL_SVD, "composition_scores (dense arrays)")
+    if broadcast:  # the blocked product, one left block at a time
+        from glassbox.utilities import matrix as mx
+
+        old, mx._CHUNK_BYTES = mx._CHUNK_BYTES, 1
+        try:
+            close(utils.composition_scores(left, right), ref, RTOL_SVD, "composition_scores (1 block / chunk)")
+        finally:
+            mx._CHUNK_BYTES = old
+    mixed = utils.composition_scores(FactoredMatrix(WV.numpy(), WO.numpy()), FactoredMatrix(WQ, WK.transpose(-1, -2)),
+                                     broadcast_dims=broadcast)
+    assert isinstance(mixed, torch.Tensor)
+    close(mixed, ref, RTOL_SVD, "composition_scores (NumPy left, torch right)")
+    single = utils.composition_scores(left[0, 0], right[1, 2])
+    assert tuple(single.shape) == ()
+    close(single, composition_scores(tleft[0, 0], tright[1, 2]), RTOL_SVD, "composition_scores (one pair)")
     with pytest.raises(ValueError, match="left.rdim==right.ldim"):
         utils.composition_scores(left, FactoredMatrix(arr(kind, rand(5, 2)), arr(kind, rand(2, 5))))
 

@@ -5,7 +5,8 @@ semantics. ``FactoredMatrix(A, B)`` stands for ``M = A @ B`` with ``A`` of shape
 ``[..., ldim, mdim]`` and ``B`` of shape ``[..., mdim, rdim]`` (leading dimensions broadcast).
 Typical use is a head's OV circuit ``W_V @ W_O`` or QK circuit ``W_Q @ W_K.T``: a
 ``[d_model, d_model]`` matrix of rank ``d_head``. ``model.OV`` is ``[n_layers, n_heads, d_model,
-d_model]`` — 358 MB for GPT-2 small if multiplied out — but only its factors (2 x 28 MB) are held.
+d_model]`` — 340 MB (324 MiB) of float32 for GPT-2 small if multiplied out — but only its
+factors (2 x 28 MB) are held.
 
 Nothing is multiplied out unless asked (:attr:`AB`): products with arrays or other factored
 matrices stay factored, and :meth:`svd`, :attr:`S`, :meth:`norm`, :attr:`eigenvalues` work from

@@ -414,6 +414,8 @@ def test_composition_scores(kind, broadcast):
                                      broadcast_dims=broadcast)
     assert isinstance(mixed, torch.Tensor)
     close(mixed, ref, RTOL_SVD, "composition_scores (NumPy left, torch right)")
+    close(utils.composition_scores(tleft, tright, broadcast_dims=broadcast), ref, RTOL_SVD,
+          "composition_scores (TL FactoredMatrix arguments)")
     single = utils.composition_scores(left[0, 0], right[1, 2])
     assert tuple(single.shape) == ()
     close(single, composition_scores(tleft[0, 0], tright[1, 2]), RTOL_SVD, "composition_scores (one pair)")

@@ -3,7 +3,7 @@ TransformerLens on identical weights: GPT-2 (processed, unprocessed, and with
 ``refactor_factored_attn_matrices``), Llama-GQA (8 query heads on 2 key/value heads, head_dim 14;
 9 on 3), and a Llama-GQA model kept in bfloat16 (TL on the same bf16-rounded values in float32).
 Plus the memory test: ``model.OV`` of a GPT-2-small-shaped model holds its factors, not the
-358 MB ``[12, 12, 768, 768]`` product.
+340 MB (324 MiB) ``[12, 12, 768, 768]`` float32 product.
 
 Tolerances, relative to the reference's largest entry (both sides float32 on the same weights):
 RTOL_MM = 1e-5 for factors and products (AB, corners; weight processing differs only in float
@@ -138,6 +138,19 @@ def test_qk_ov_match_transformer_lens(pairs, name):
             close(gl.S, tl_l.S, RTOL_SVD, f"blocks[{layer}].attn.{circuit}.S")
 
 
+def test_full_ov_circuit_stays_factored(pairs):
+    """W_E @ OV[l, h] @ W_U, the [d_vocab, d_vocab] full OV circuit, as TL factors it."""
+    gb, tl = pairs.gpt2()
+    got, ref = gb.W_E @ gb.OV[1, 2] @ gb.W_U, tl.W_E @ tl.OV[1, 2] @ tl.W_U
+    assert isinstance(got, FactoredMatrix) and got.mdim == ref.mdim == gb.cfg.d_head
+    close(got.A, ref.A, RTOL_MM, "full OV circuit A")
+    close(got.B, ref.B, RTOL_MM, "full OV circuit B")
+    close(got.S, ref.S, RTOL_SVD, "full OV circuit S")
+    v = torch.zeros(gb.cfg.d_vocab)
+    v[7] = 1.0
+    close(v @ got, v @ ref, RTOL_MM, "token 7 through the full OV circuit")
+
+
 @pytest.mark.parametrize("name", ["gpt2", "llama-gqa-8x2"])
 def test_ov_eigenvalues_match_transformer_lens(pairs, name):
     """Copying scores use OV eigenvalues: compare each head's (mdim complex values, matched)."""
@@ -259,7 +272,7 @@ def test_ov_memory_is_factors_not_product(gpt2_small_random, backend):
     model = gpt2_small_random
     L, H, D, d = 12, 12, 768, 64
     factor_bytes = L * H * D * d * 4  # 28.3 MB
-    dense_bytes = L * H * D * D * 4  # 340 MiB (358 MB)
+    dense_bytes = L * H * D * D * 4  # 324 MiB (340 MB)
     try:
         set_array_backend(backend)
         for circuit in ("OV", "QK"):
@@ -271,12 +284,12 @@ def test_ov_memory_is_factors_not_product(gpt2_small_random, backend):
                 _, peak = tracemalloc.get_traced_memory()
             finally:
                 tracemalloc.stop()
-            assert isinstance(fm, FactoredMatrix) and tuple(fm.shape) == (L, H, D, D)
-            assert tuple(fm.A.shape) == ((L, H, D, d)) and tuple(fm.B.shape) == (L, H, d, D)
-            assert tuple(corner.shape) == (3, 3, 3, 3) and tuple(head.shape) == (D, D)
             assert peak <= 2 * factor_bytes + (8 << 20), (
                 f"model.{circuit} allocated {peak / 2**20:.0f} MiB; its factors are "
                 f"{2 * factor_bytes / 2**20:.0f} MiB and the dense product {dense_bytes / 2**20:.0f} MiB")
+            assert isinstance(fm, FactoredMatrix) and tuple(fm.shape) == (L, H, D, D)
+            assert tuple(fm.A.shape) == (L, H, D, d) and tuple(fm.B.shape) == (L, H, d, D)
+            assert tuple(corner.shape) == (3, 3, 3, 3) and tuple(head.shape) == (D, D)
             tracemalloc.start()
             try:
                 block = getattr(model.blocks[7].attn, circuit)

@@ -340,7 +340,7 @@ class WeightsMixin:
         """OV circuits: ``FactoredMatrix(W_V, W_O)``, ``[n_layers, n_heads, d_model, d_model]``.
 
         Only the factors are held (GQA: W_V repeat-interleaved to n_heads); ``.AB`` multiplies
-        out (358 MB for GPT-2 small). ``model.OV[l, h]`` is one head."""
+        out (340 MB for GPT-2 small). ``model.OV[l, h]`` is one head."""
         from glassbox.components import _factored
 
         return _factored(self.W_V, self.W_O)

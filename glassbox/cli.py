@@ -23,7 +23,9 @@ import contextlib
 import io
 import os
 import sys
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence
+
+import numpy as np
 
 __all__ = ["main", "load_model", "DEFAULT_MODEL"]
 
@@ -123,6 +125,26 @@ def _cmd_attention(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_patch(args: argparse.Namespace) -> int:
+    from glassbox import demo
+
+    model = load_model(args.model)
+    study = demo.patching_study(model, *demo.prompt_pair(model, args.clean, args.corrupted, args.answer, args.wrong))
+    print(f"clean logit diff {study['clean_logit_diff']:.3f}, corrupted {study['corrupted_logit_diff']:.3f} "
+          f"(logit({args.answer!r}) - logit({args.wrong!r}) at the last position)")
+    print("heads whose output (all positions) restores the most of it:")
+    for t in study["top_heads"]:
+        print(f"  L{t['layer']}H{t['head']}: {t['restored']:+.3f}")
+    r = study["resid_pre"]
+    best = np.unravel_index(np.argmax(r), r.shape)
+    print(f"resid_pre patching: largest restoration {r[best]:+.3f} at layer {best[0]}, "
+          f"position {best[1]} ({study['str_tokens'][best[1]]!r})")
+    _require_matplotlib("patch")
+    path = demo.plot_patching(args.out, study, str(model.cfg.model_name))
+    print(f"wrote {path}")
+    return 0
+
+
 def _require_matplotlib(what: str) -> None:
     try:
         import matplotlib
@@ -189,6 +211,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--layer", type=int, default=None)
     p.add_argument("--head", type=int, default=0)
     p.set_defaults(func=_cmd_attention)
+
+    p = sub.add_parser("patch", help="activation patching of a clean/corrupted prompt pair (heatmaps .png)",
+                       description="Patches every head's output and resid_pre at every layer and position "
+                                   "from the clean run into the corrupted one, scored by the fraction of the "
+                                   "clean logit difference (answer - wrong) restored.")
+    _add_model(p)
+    p.add_argument("--clean", default="When Mary and John went to the store, John gave a drink to")
+    p.add_argument("--corrupted", default="When Mary and John went to the store, Mary gave a drink to")
+    p.add_argument("--answer", default=" Mary", help="the clean prompt's answer (one token)")
+    p.add_argument("--wrong", default=" John", help="the competing answer (one token)")
+    p.add_argument("--out", default="patching.png", metavar="PNG")
+    p.set_defaults(func=_cmd_patch)
 
     p = sub.add_parser("generate", help="continue a prompt (greedy with --temperature 0)")
     _add_model(p)

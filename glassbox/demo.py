@@ -87,19 +87,32 @@ def _ioi_pairs(model: Any, n: int):
         b = tasks.ioi_batch(model, n=n, seed=0)
         return b.clean_tokens, b.corrupted_tokens, b.answer_tokens, b.end_positions, "held-out IOI prompts"
     except (ValueError, AssertionError, KeyError):
-        clean, corrupted = model.to_tokens(IOI_PROMPT), model.to_tokens(IOI_CORRUPTED)
-        clean, corrupted = np.asarray(utils.to_numpy(clean)), np.asarray(utils.to_numpy(corrupted))
-        if clean.shape != corrupted.shape:
-            raise ValueError("the IOI prompts tokenize to different lengths for this model")
-        ans = np.array([[model.to_single_token(" Mary"), model.to_single_token(" John")]])
-        return clean, corrupted, ans, np.array([clean.shape[1] - 1]), "the Mary/John prompt"
+        *pair, _ = prompt_pair(model, IOI_PROMPT, IOI_CORRUPTED, " Mary", " John")
+        return (*pair, "the Mary/John prompt")
+
+
+def prompt_pair(model: Any, clean: str, corrupted: str, answer: str, wrong: str):
+    """One clean/corrupted prompt pair as the token batches :func:`patching_study` takes."""
+    c, k = np.asarray(utils.to_numpy(model.to_tokens(clean))), np.asarray(utils.to_numpy(model.to_tokens(corrupted)))
+    if c.shape != k.shape:
+        raise ValueError(f"the clean and corrupted prompts must have the same number of tokens "
+                         f"({c.shape[1]} vs {k.shape[1]}): {model.to_str_tokens(clean)} / {model.to_str_tokens(corrupted)}")
+    ans = np.array([[model.to_single_token(answer), model.to_single_token(wrong)]])
+    return c, k, ans, np.array([c.shape[1] - 1]), "prompt pair"
 
 
 def ioi_patching(model: Any, n: int = 16) -> Dict[str, Any]:
     """Head-output patching (all positions) and resid_pre patching (layers x positions) on IOI."""
+    return patching_study(model, *_ioi_pairs(model, n))
+
+
+def patching_study(model: Any, clean: np.ndarray, corrupted: np.ndarray, answers: np.ndarray, ends: np.ndarray,
+                   source: str) -> Dict[str, Any]:
+    """Patch every head's output (all positions) over the batch, and ``resid_pre`` over layers x
+    positions on its first prompt; scores are the fraction of the clean logit difference
+    ``answers[:, 0] - answers[:, 1]`` (read at ``ends``) restored."""
     from glassbox import patching
 
-    clean, corrupted, answers, ends, source = _ioi_pairs(model, n)
     rows = np.arange(clean.shape[0])
 
     def logit_diff(logits: Any) -> float:
@@ -136,7 +149,7 @@ def ioi_patching(model: Any, n: int = 16) -> Dict[str, Any]:
             "clean_tokens": clean, "one_prompt_logit_diff": [c1, k1]}
 
 
-def _plot(path: str, patch: Dict[str, Any], model_name: str) -> Optional[str]:
+def plot_patching(path: str, patch: Dict[str, Any], model_name: str) -> Optional[str]:
     try:
         import matplotlib
 
@@ -222,7 +235,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     attention_view(cache, tokens, model=model, layer=best["layer"], head=best["head"],
                    title=f"{model.cfg.model_name}: {IOI_PROMPT}").save(html_path)
     files = [html_path]
-    png = _plot(os.path.join(args.out, "patching.png"), patch, str(model.cfg.model_name))
+    png = plot_patching(os.path.join(args.out, "patching.png"), patch, str(model.cfg.model_name))
     if png:
         files.append(png)
     summary["seconds"] = time.perf_counter() - t0

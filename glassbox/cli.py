@@ -23,7 +23,9 @@ import contextlib
 import io
 import os
 import sys
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence
+
+import numpy as np
 
 __all__ = ["main", "load_model", "DEFAULT_MODEL"]
 
@@ -93,6 +95,65 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_lens(args: argparse.Namespace) -> int:
+    from glassbox.lens import logit_lens
+
+    model = load_model(args.model)
+    tokens = model.to_tokens(args.prompt)
+    _, cache = model.run_with_cache(tokens, names_filter=lambda n: n.endswith(("resid_pre", "resid_post", "hook_scale")))
+    target = args.target if args.target else "final"
+    res = logit_lens(cache, tokens, target=target, k=args.k)
+    print(res.table(pos=-1, k=args.k))
+    if args.out:
+        _require_matplotlib("lens --out")
+        fig = res.plot_heatmap("prob" if args.target else "rank")
+        fig.savefig(args.out, dpi=110, bbox_inches="tight")
+        print(f"wrote {args.out}")
+    return 0
+
+
+def _cmd_attention(args: argparse.Namespace) -> int:
+    from glassbox.visualization import attention_view
+
+    model = load_model(args.model)
+    tokens = model.to_tokens(args.prompt)
+    _, cache = model.run_with_cache(tokens, names_filter=lambda n: n.endswith("hook_pattern"))
+    view = attention_view(cache, tokens, model=model, layer=args.layer, head=args.head,
+                          title=f"{model.cfg.model_name}: {args.prompt[:60]}")
+    view.save(args.out)
+    print(f"wrote {args.out} (open it in a browser: layer/head selectors, hover for weights)")
+    return 0
+
+
+def _cmd_patch(args: argparse.Namespace) -> int:
+    from glassbox import demo
+
+    model = load_model(args.model)
+    study = demo.patching_study(model, *demo.prompt_pair(model, args.clean, args.corrupted, args.answer, args.wrong))
+    print(f"clean logit diff {study['clean_logit_diff']:.3f}, corrupted {study['corrupted_logit_diff']:.3f} "
+          f"(logit({args.answer!r}) - logit({args.wrong!r}) at the last position)")
+    print("heads whose output (all positions) restores the most of it:")
+    for t in study["top_heads"]:
+        print(f"  L{t['layer']}H{t['head']}: {t['restored']:+.3f}")
+    r = study["resid_pre"]
+    best = np.unravel_index(np.argmax(r), r.shape)
+    print(f"resid_pre patching: largest restoration {r[best]:+.3f} at layer {best[0]}, "
+          f"position {best[1]} ({study['str_tokens'][best[1]]!r})")
+    _require_matplotlib("patch")
+    path = demo.plot_patching(args.out, study, str(model.cfg.model_name))
+    print(f"wrote {path}")
+    return 0
+
+
+def _require_matplotlib(what: str) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+    except ImportError:
+        raise CLIError(f"{what} needs matplotlib: pip install matplotlib") from None
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from glassbox import demo
 
@@ -132,6 +193,36 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("models", help="list the models shipped inside the package")
     p.set_defaults(func=_cmd_models)
+
+    p = sub.add_parser("lens", help="logit lens: the next-token prediction read at every layer",
+                       description="Reads the residual stream before every layer (and after the last) "
+                                   "through the model's ln_final and unembedding, at the last position.")
+    _add_model(p)
+    p.add_argument("prompt")
+    p.add_argument("--target", default=None, help="a single-token string to follow (default: the model's final top token)")
+    p.add_argument("-k", type=int, default=5, help="top-k tokens per layer (default 5)")
+    p.add_argument("--out", default=None, metavar="PNG", help="also write a layer x position heatmap")
+    p.set_defaults(func=_cmd_lens)
+
+    p = sub.add_parser("attention", help="write the interactive attention view of a prompt (.html)")
+    _add_model(p)
+    p.add_argument("prompt")
+    p.add_argument("--out", default="attention.html", metavar="HTML", help="output file (default attention.html)")
+    p.add_argument("--layer", type=int, default=None)
+    p.add_argument("--head", type=int, default=0)
+    p.set_defaults(func=_cmd_attention)
+
+    p = sub.add_parser("patch", help="activation patching of a clean/corrupted prompt pair (heatmaps .png)",
+                       description="Patches every head's output and resid_pre at every layer and position "
+                                   "from the clean run into the corrupted one, scored by the fraction of the "
+                                   "clean logit difference (answer - wrong) restored.")
+    _add_model(p)
+    p.add_argument("--clean", default="When Mary and John went to the store, John gave a drink to")
+    p.add_argument("--corrupted", default="When Mary and John went to the store, Mary gave a drink to")
+    p.add_argument("--answer", default=" Mary", help="the clean prompt's answer (one token)")
+    p.add_argument("--wrong", default=" John", help="the competing answer (one token)")
+    p.add_argument("--out", default="patching.png", metavar="PNG")
+    p.set_defaults(func=_cmd_patch)
 
     p = sub.add_parser("generate", help="continue a prompt (greedy with --temperature 0)")
     _add_model(p)

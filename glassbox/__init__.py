@@ -18,6 +18,7 @@ from glassbox.HookedTransformer import HookedTransformer, Output
 from glassbox.tokenization import Tokenizer
 
 from glassbox import hook_points, utilities, components, config  # noqa: E402,F401
+from glassbox import patching  # noqa: E402,F401
 
 try:  # modules owned by colleagues; optional while they land
     from glassbox.FactoredMatrix import FactoredMatrix  # noqa: F401
@@ -40,6 +41,7 @@ __all__ = [
     "hook_points",
     "components",
     "config",
+    "patching",
     "set_array_backend",
     "get_array_backend",
 ]

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -88,10 +89,18 @@ class SetterSpec:
 
     @classmethod
     def of(cls, setter: Callable) -> Optional["SetterSpec"]:
+        """The spec of a known setter: one of glassbox's, or the TransformerLens function of the
+        same name (identical semantics) when a script passes ``transformer_lens.patching``'s."""
         try:
-            return cls._known.get(setter)
+            spec = cls._known.get(setter)
         except TypeError:  # unhashable callable: not one of ours
             return None
+        if spec is None and getattr(setter, "__module__", None) == "transformer_lens.patching":
+            tl_module = sys.modules.get("transformer_lens.patching")
+            name = getattr(setter, "__name__", None)
+            if tl_module is not None and getattr(tl_module, str(name), None) is setter:
+                spec = next((s for s in cls._known.values() if s.name == name), None)
+        return spec
 
     @property
     def name(self) -> str:

@@ -257,6 +257,18 @@ def test_custom_setter_runs_tl_loop_from_the_layer(pair):
     assert_close(got, pair.tl_result("get_act_patch_attn_head_out_by_pos"), f"{pair.name} custom setter")
 
 
+def test_transformer_lens_setters_are_recognised(gpt2_pair, monkeypatch):
+    """A script passing transformer_lens.patching's own setter still gets the batched path."""
+    p, gb = gpt2_pair, gpt2_pair.gb
+    n_runs = []
+    real = type(gb)._run_engine
+    monkeypatch.setattr(type(gb), "_run_engine", lambda self, *a: n_runs.append(1) or real(self, *a))
+    got = gp.generic_activation_patch(gb, p.corr, p.gb_cache, metric, tlp.layer_head_pos_pattern_patch_setter,
+                                      "pattern", index_axis_names=("layer", "head_index", "dest_pos"))
+    assert len(n_runs) == 3, "one reference run and one batched run per layer"
+    assert_close(got, p.tl_result("get_act_patch_attn_head_pattern_by_pos"), "TL setter")
+
+
 def test_index_df_and_return_index_df(pair):
     pd = pytest.importorskip("pandas")
     df = pd.DataFrame({"layer": [1, 0, 1, 1, 0], "pos": [3, 3, -1, 0, 2], "head": [1, 0, 0, 1, 1]})

@@ -19,6 +19,7 @@ from glassbox.tokenization import Tokenizer
 
 from glassbox import hook_points, utilities, components, config  # noqa: E402,F401
 from glassbox import lens, visualization  # noqa: E402,F401
+from glassbox import patching  # noqa: E402,F401
 
 from glassbox.FactoredMatrix import FactoredMatrix  # noqa: E402
 
@@ -39,6 +40,7 @@ __all__ = [
     "hook_points",
     "components",
     "config",
+    "patching",
     "set_array_backend",
     "get_array_backend",
     "lens",

@@ -164,6 +164,7 @@ def compile_hypothesis(hypothesis: Hypothesis, model: Any, tokens: np.ndarray) -
     Touches nothing on the model."""
     if not isinstance(hypothesis, Hypothesis):
         raise TypeError(f"hypothesis must be a Hypothesis, got {type(hypothesis).__name__}")
+    hypothesis._check_structure()  # again: Node.children may have been edited since construction
     L, P = int(model.cfg.n_layers), int(tokens.shape[1])
     labels = node_labels(hypothesis)
     nodes: List[CNode] = []

@@ -14,14 +14,18 @@ import numpy as np
 Metric = Callable[[np.ndarray, np.ndarray, np.ndarray], Any]
 
 
-def _log_softmax(x: np.ndarray) -> np.ndarray:
-    x = x.astype(np.float64)
-    x = x - x.max(axis=-1, keepdims=True)
-    return x - np.log(np.exp(x).sum(axis=-1, keepdims=True))
+def _next_token_nll(logits: np.ndarray, tokens: np.ndarray) -> np.ndarray:
+    """-log p(tokens[:, p+1] | logits[:, p]) [B, pos-1]; float32 exponentials summed in float64,
+    so no float64 copy of the logits is made."""
+    x = logits[:, :-1]
+    top = x.max(axis=-1, keepdims=True)
+    lse = np.log(np.exp(x - top).sum(axis=-1, dtype=np.float64)) + top[..., 0]
+    target = np.take_along_axis(x, tokens[:, 1:, None], axis=-1)[..., 0]
+    return lse - target
 
 
 def loss_metric(positions: Optional[Union[int, Sequence[int], slice]] = None) -> Metric:
-    """Next-token cross-entropy per input (natural log, float64 softmax).
+    """Next-token cross-entropy per input (natural log; log-sum-exp accumulated in float64).
 
     ``positions`` selects the predicting positions averaged over (position ``p`` predicts token
     ``p + 1``; None = all ``pos - 1`` of them), as in ``lm_cross_entropy_loss(per_token=True)``
@@ -30,8 +34,7 @@ def loss_metric(positions: Optional[Union[int, Sequence[int], slice]] = None) ->
     def loss(logits: np.ndarray, tokens: np.ndarray, indices: np.ndarray) -> np.ndarray:
         if tokens.shape[1] < 2:
             raise ValueError("the loss metric needs sequences of at least 2 tokens")
-        lp = _log_softmax(logits[:, :-1])
-        nll = -np.take_along_axis(lp, tokens[:, 1:, None], axis=-1)[..., 0]  # [B, pos-1]
+        nll = _next_token_nll(logits, tokens)  # [B, pos-1]
         if positions is not None:
             nll = nll[:, positions]
             if nll.ndim == 1:

@@ -165,14 +165,12 @@ class CausalScrubber:
             return
         names = sorted({k[0] for k in missing})
         stop = None
-        if not need_metric:  # only activations: stop after the last layer they come from
+        if not need_metric:  # only activations: stop after the last layer they come from (no unembed)
             layers = [int(n.split(".")[1]) for n in names if n.startswith("blocks.")]
             stop = (max(layers) + 1) if layers else 1
-            if stop >= self.model.cfg.n_layers:
-                stop = None
         store: Dict[Key, np.ndarray] = {}
         metric = np.empty(self.n_data, dtype=np.float64) if need_metric else None
-        for sl in _chunks(self.n_data, self.batch_size):
+        for sl in _chunks(self.n_data, self._logits_batch() if need_metric else self.batch_size):
             toks = self.tokens[sl]
             kwargs = {"names_filter": names, "attention_mask": np.ones_like(toks)}
             if stop is not None:
@@ -290,11 +288,17 @@ class CausalScrubber:
             self.forward_calls += 1
         return out
 
+    def _logits_batch(self) -> int:
+        """Sequences per call when logits are made: ``batch_size``, capped so that one chunk of
+        logits stays near 2**25 floats (128 MiB) — GPT-2's vocabulary at 32 positions: 20."""
+        per_seq = self.tokens.shape[1] * int(self.model.cfg.d_vocab_out)
+        return max(1, min(self.batch_size, (1 << 25) // max(1, per_seq)))
+
     def _run_output(self, R: np.ndarray, refs: np.ndarray) -> np.ndarray:
         """The metric on the logits computed from the final residual ``R``, with reference tokens."""
         L = self.model.cfg.n_layers
         values = np.empty(R.shape[0], dtype=np.float64)
-        for sl in _chunks(R.shape[0], self.batch_size):
+        for sl in _chunks(R.shape[0], self._logits_batch()):
             logits = to_numpy(self.model(R[sl], start_at_layer=L))
             self.forward_calls += 1
             values[sl] = call_metric(self.metric, logits, self.tokens[refs[sl]], refs[sl])

@@ -134,6 +134,29 @@ def ref_plan(hyp, tokens, seed, refs):
     return order, np.array(x), np.array(r)
 
 
+class RefSite:
+    """The test's own reading of a node name: kind, layer, head, and residual points
+    (2l = resid_pre l, 2l+1 = resid_mid l, 2l+2 = resid_post l) it reads and writes."""
+
+    def __init__(self, node):
+        name, self.head, self.name = node.name, node.head, node.name
+        if name in ("hook_embed", "hook_pos_embed"):
+            self.kind, self.layer, self.read = name[5:], None, 0
+            self.write = 0
+            return
+        layer, rest = name.split(".", 2)[1:]
+        self.layer = int(layer)
+        self.kind = {"attn.hook_z": "head", "attn.hook_result": "head", "hook_attn_out": "attn",
+                     "hook_mlp_out": "mlp"}.get(rest, "resid")
+        if self.kind in ("head", "attn"):
+            self.read, self.write = 2 * self.layer, 2 * self.layer + 1
+        elif self.kind == "mlp":
+            self.read, self.write = 2 * self.layer + 1, 2 * self.layer + 2
+        else:
+            point = 2 * self.layer + {"hook_resid_pre": 0, "hook_resid_mid": 1, "hook_resid_post": 2}[rest]
+            self.read = self.write = point
+
+
 class Reference:
     """Unbatched causal scrubbing: one reference input at a time, batch-1 runs."""
 
@@ -200,7 +223,7 @@ class Reference:
                 continue
             free = np.ones(self.P, dtype=bool)
             for node, _ in kids:
-                if self.claims(node.site, atom, write):
+                if self.claims(RefSite(node), atom, write):
                     free &= ~self.mask(node)
             R += value * free[:, None]
         for node, value in kids:
@@ -234,7 +257,7 @@ class Reference:
         return z
 
     def leaf_value(self, node, j):
-        c, s = self.clean(j), node.site
+        c, s = self.clean(j), RefSite(node)
         if s.kind == "head":
             return c[f"blocks.{s.layer}.attn.hook_z"][:, s.head] @ self.W_O[s.layer][s.head]
         if s.kind == "attn":
@@ -255,7 +278,7 @@ class Reference:
             logits = to_numpy(self.model(R[None].astype(np.float32), start_at_layer=self.L))
             ref = x[0][i]
             return float(self.metric(logits, self.tokens[ref:ref + 1], np.array([ref]))[0])
-        s = node.site
+        s = RefSite(node)
         if s.kind == "resid":
             return self.input_residual(s.read, rand, kids)
         if s.kind == "mlp":
@@ -439,7 +462,7 @@ def test_identity_features_covering_the_model_equal_the_model(model, which):
     tokens = dataset(5)
     metric = self_prediction_metric(model, tokens)
     hyp = covering_hypotheses(model)[which]
-    res = cs.causal_scrub(model, tokens, hyp, metric=metric, seeds=2, batch_size=6)
+    res = cs.causal_scrub(model, tokens, hyp, metric=metric, seeds=2, batch_size=10)
     np.testing.assert_allclose(res.per_example_scrubbed, np.broadcast_to(res.per_example_model, (2, N_DATA)),
                                rtol=1e-5, atol=1e-5)
     gap = res.metric_random - res.metric_model
@@ -466,13 +489,14 @@ def test_seeds_reproduce(model):
     tokens = dataset(6)
     hyp = hypotheses(model)["attn-layer-resid-sum"]
     a = cs.causal_scrub(model, tokens, hyp, seeds=[4, 9])
-    b = cs.causal_scrub(model, tokens, hyp, seeds=[9, 4], batch_size=3)
+    b = cs.causal_scrub(model, tokens, hyp, seeds=[9, 4], batch_size=8)
     np.testing.assert_allclose(a.per_example_scrubbed, b.per_example_scrubbed[::-1], rtol=1e-6, atol=1e-6)
     np.testing.assert_allclose(a.per_example_random, b.per_example_random[::-1], rtol=1e-6, atol=1e-6)
     assert a.seeds == [4, 9] and b.seeds == [9, 4]
     assert not np.allclose(a.per_example_scrubbed[0], a.per_example_scrubbed[1])
-    c = cs.causal_scrub(model, tokens, hyp, seeds=2)
-    assert c.seeds == [0, 1]
+    assert cs.sampling_plan(hyp, tokens, seed=1).seed == 1
+    from glassbox.causal_scrubbing.sampling import check_seeds
+    assert check_seeds(2) == [0, 1]
 
 
 def test_scrubber_reuses_clean_pass_and_matches_one_shot(gpt2):
@@ -514,13 +538,22 @@ def test_logit_diff_metric_and_torch_inputs(gpt2):
     logits = to_numpy(gpt2(tokens))
     np.testing.assert_allclose(a.per_example_model, logits[np.arange(N_DATA), -1, correct]
                                - logits[np.arange(N_DATA), -1, wrong], rtol=1e-5, atol=1e-5)
+    # declaring logit_positions (only those positions unembedded) changes nothing
+    assert list(metric.logit_positions(POS)) == [-1]
+    plain = cs.causal_scrub(gpt2, tokens, hyp, metric=lambda lg, t, i: metric(lg, t, i), seeds=[0])
+    np.testing.assert_allclose(a.per_example_scrubbed[:1], plain.per_example_scrubbed, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(a.per_example_model, plain.per_example_model, rtol=1e-5, atol=1e-5)
+    few = cs.loss_metric(positions=[1, -2])
+    d1 = cs.causal_scrub(gpt2, tokens, hyp, metric=few, seeds=[3])
+    d2 = cs.causal_scrub(gpt2, tokens, hyp, metric=lambda lg, t, i: few(lg, t, i), seeds=[3])
+    np.testing.assert_allclose(d1.per_example_scrubbed, d2.per_example_scrubbed, rtol=1e-5, atol=1e-5)
     glassbox.set_array_backend("torch")
     try:
-        c = cs.causal_scrub(gpt2, tokens, hyp, metric=metric, seeds=2)
+        c = cs.causal_scrub(gpt2, tokens, hyp, metric=metric, seeds=[1])
         assert glassbox.get_array_backend() == "torch"
     finally:
         glassbox.set_array_backend("auto")
-    np.testing.assert_allclose(a.per_example_scrubbed, c.per_example_scrubbed, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(a.per_example_scrubbed[1:], c.per_example_scrubbed, rtol=1e-6, atol=1e-6)
 
 
 def test_result_repr_and_summary(gpt2):
@@ -621,6 +654,14 @@ def test_cycle_and_type_errors(gpt2):
         cs.Node("hook_embed", positions=[1.5])
 
 
+def _metric_reading(positions):
+    def m(logits, tokens, idx):
+        return logits[:, 0, 0]
+
+    m.logit_positions = positions
+    return m
+
+
 BAD_CALL = {
     "dataset too small": (dict(tokens=np.zeros((1, POS), dtype=np.int64)), ValueError, "too small"),
     "1-D tokens": (dict(tokens=np.zeros(POS, dtype=np.int64)), ValueError, r"\[n_data, pos\]"),
@@ -632,8 +673,9 @@ BAD_CALL = {
     "reference out of range": (dict(references=[0, N_DATA]), ValueError, "out of range"),
     "bad metric name": (dict(metric="accuracy"), ValueError, "metric"),
     "metric wrong shape": (dict(metric=lambda lg, t, i: lg.mean()), ValueError, "one value per input"),
-    "metric raises": (dict(metric=lambda lg, t, i: 1 / 0), ZeroDivisionError, ""),
+    "metric raises": (dict(metric=lambda lg, t, i: 1 / 0), ZeroDivisionError, "division by zero"),
     "bad batch size": (dict(batch_size=0), ValueError, "batch_size"),
+    "metric positions out of range": (dict(metric=_metric_reading([POS])), ValueError, "logit_positions"),
     "not a hypothesis": (dict(hypothesis=[cs.Node("hook_embed")]), TypeError, "Hypothesis"),
 }
 

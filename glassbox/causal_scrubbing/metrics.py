@@ -4,6 +4,12 @@ A metric is called as ``metric(logits, tokens, indices)`` with ``logits`` [B, po
 (float32 NumPy), ``tokens`` [B, pos] the *reference* inputs' tokens and ``indices`` [B] their
 dataset indices (to look up per-input labels), and returns one value per input, shape [B].
 The scrubbed expectation is the mean over reference inputs.
+
+A metric that reads the logits at a few positions only may say so with an attribute
+``metric.logit_positions = f(n_pos) -> positions`` (or a fixed list): only those positions are
+then unembedded (``ln_final`` and the unembedding act per position), and the logits it receives
+are zero elsewhere. With GPT-2's vocabulary the unembedding is the largest single matmul of a
+scrub, so this makes one-position metrics (logit differences) much cheaper.
 """
 from __future__ import annotations
 
@@ -41,7 +47,13 @@ def loss_metric(positions: Optional[Union[int, Sequence[int], slice]] = None) ->
                 nll = nll[:, None]
         return nll.mean(axis=1)
 
+    def loss_positions(n_pos: int):
+        if positions is None:
+            return None
+        return np.atleast_1d(np.arange(n_pos - 1)[positions])  # predicting positions
+
     loss.__name__ = "loss" if positions is None else f"loss(positions={positions!r})"
+    loss.logit_positions = loss_positions
     return loss
 
 
@@ -65,6 +77,7 @@ def logit_diff_metric(correct: Sequence[int], incorrect: Sequence[int], position
         return last[rows, c[indices]] - last[rows, w[indices]]
 
     logit_diff.__name__ = "logit_diff"
+    logit_diff.logit_positions = lambda n_pos: [position]
     return logit_diff
 
 

@@ -159,37 +159,33 @@ class CausalScrubber:
 
     # -- clean pass ------------------------------------------------------------------------------
     def _ensure_clean(self, keys) -> None:
-        missing = sorted((k for k in keys if k not in self._clean), key=lambda k: (k[0], -1 if k[1] is None else k[1]))
+        """Cache the clean activations ``keys`` for the whole dataset (and, the first time, the
+        unscrubbed metric, computed from the cached final residual like every scrubbed one)."""
+        L = int(self.model.cfg.n_layers)
+        root_key: Key = (f"blocks.{L - 1}.hook_resid_post", None)
         need_metric = self._model_metric is None
-        if not missing and not need_metric:
-            return
-        names = sorted({k[0] for k in missing})
-        stop = None
-        if not need_metric:  # only activations: stop after the last layer they come from (no unembed)
+        keys = set(keys) | ({root_key} if need_metric else set())
+        missing = sorted((k for k in keys if k not in self._clean), key=lambda k: (k[0], -1 if k[1] is None else k[1]))
+        if missing:
+            names = sorted({k[0] for k in missing})
             layers = [int(n.split(".")[1]) for n in names if n.startswith("blocks.")]
-            stop = (max(layers) + 1) if layers else 1
-        store: Dict[Key, np.ndarray] = {}
-        metric = np.empty(self.n_data, dtype=np.float64) if need_metric else None
-        for sl in _chunks(self.n_data, self._logits_batch() if need_metric else self.batch_size):
-            toks = self.tokens[sl]
-            kwargs = {"names_filter": names, "attention_mask": np.ones_like(toks)}
-            if stop is not None:
-                kwargs["stop_at_layer"] = stop
-            out, cache = self.model.run_with_cache(toks, **kwargs)
-            self.forward_calls += 1
-            for key in missing:
-                act = to_numpy(cache[key[0]])
-                if key[1] is not None:
-                    act = act[:, :, key[1]]
-                if key not in store:
-                    store[key] = np.empty((self.n_data,) + act.shape[1:], dtype=np.float32)
-                store[key][sl] = act
-            if need_metric:
-                idx = np.arange(sl.start, sl.stop)
-                metric[sl] = call_metric(self.metric, to_numpy(out), toks, idx)
-        self._clean.update(store)
+            stop = (max(layers) + 1) if layers else 1  # no further than needed, never the unembedding
+            store: Dict[Key, np.ndarray] = {}
+            for sl in _chunks(self.n_data, self.batch_size):
+                toks = self.tokens[sl]
+                _, cache = self.model.run_with_cache(toks, names_filter=names, stop_at_layer=stop,
+                                                     attention_mask=np.ones_like(toks))
+                self.forward_calls += 1
+                for key in missing:
+                    act = to_numpy(cache[key[0]])
+                    if key[1] is not None:
+                        act = act[:, :, key[1]]
+                    if key not in store:
+                        store[key] = np.empty((self.n_data,) + act.shape[1:], dtype=np.float32)
+                    store[key][sl] = act
+            self._clean.update(store)
         if need_metric:
-            self._model_metric = metric
+            self._model_metric = self._run_output(self._clean[root_key], np.arange(self.n_data))
 
     # -- evaluation ------------------------------------------------------------------------------
     def _W_O_of(self, layer: int) -> np.ndarray:
@@ -288,18 +284,38 @@ class CausalScrubber:
             self.forward_calls += 1
         return out
 
-    def _logits_batch(self) -> int:
-        """Sequences per call when logits are made: ``batch_size``, capped so that one chunk of
-        logits stays near 2**25 floats (128 MiB) — GPT-2's vocabulary at 32 positions: 20."""
-        per_seq = self.tokens.shape[1] * int(self.model.cfg.d_vocab_out)
-        return max(1, min(self.batch_size, (1 << 25) // max(1, per_seq)))
+    def _logit_positions(self) -> Optional[np.ndarray]:
+        """The positions the metric reads (its ``logit_positions(n_pos)``), or None for all."""
+        fn = getattr(self.metric, "logit_positions", None)
+        if fn is None:
+            return None
+        P = self.tokens.shape[1]
+        pos = fn(P) if callable(fn) else fn
+        if pos is None:
+            return None
+        arr = np.atleast_1d(np.asarray(pos))
+        if arr.ndim != 1 or not np.issubdtype(arr.dtype, np.integer) or arr.size == 0 \
+                or arr.min() < -P or arr.max() >= P:
+            raise ValueError(f"metric.logit_positions gave {pos!r}, not positions of sequences of length {P}")
+        return np.unique(arr % P)
 
     def _run_output(self, R: np.ndarray, refs: np.ndarray) -> np.ndarray:
-        """The metric on the logits computed from the final residual ``R``, with reference tokens."""
+        """The metric on the logits computed from the final residual ``R`` [N, pos, d_model], with
+        the reference tokens. ``ln_final`` and the unembedding act per position, so when the metric
+        declares the positions it reads only those are unembedded (the rest of the logits it
+        receives are zero). Chunks hold at most ~2**25 logits (128 MiB)."""
         L = self.model.cfg.n_layers
+        P, V = R.shape[1], int(self.model.cfg.d_vocab_out)
+        pos = self._logit_positions()
+        n_pos = P if pos is None else pos.size
+        size = max(1, min(self.batch_size, (1 << 25) // max(1, n_pos * V)))
         values = np.empty(R.shape[0], dtype=np.float64)
-        for sl in _chunks(R.shape[0], self._logits_batch()):
-            logits = to_numpy(self.model(R[sl], start_at_layer=L))
+        for sl in _chunks(R.shape[0], size):
+            if pos is None:
+                logits = to_numpy(self.model(R[sl], start_at_layer=L))
+            else:
+                logits = np.zeros((sl.stop - sl.start, P, V), dtype=np.float32)
+                logits[:, pos] = to_numpy(self.model(np.ascontiguousarray(R[sl][:, pos]), start_at_layer=L))
             self.forward_calls += 1
             values[sl] = call_metric(self.metric, logits, self.tokens[refs[sl]], refs[sl])
         return values

@@ -1,6 +1,7 @@
 """Time a causal-scrubbing evaluation (glassbox.causal_scrubbing) on a model glassbox loads.
 
     python benchmarks/bench_causal_scrubbing.py --model PATH [--n 256] [--pos 32] [--seeds 3]
+                                                [--metric loss|logit_diff]
 
 PATH is an HF folder or a .gguf file (e.g. the random-weight gpt2-shaped folder the tests build
 under $GLASSBOX_TEST_CACHE, or SmolLM2's GGUF). The dataset is random token sequences whose
@@ -30,6 +31,8 @@ def main() -> None:
     ap.add_argument("--pos", type=int, default=32, help="sequence length (even)")
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--metric", choices=["loss", "logit_diff"], default="loss",
+                    help="loss: all positions; logit_diff: last position only (its logit_positions)")
     args = ap.parse_args()
 
     from glassbox import HookedTransformer
@@ -57,7 +60,8 @@ def main() -> None:
             cs.Node(f"blocks.{L - 2}.hook_resid_mid", positions=slice(half, None))]),
     ])
     print(hyp.describe())
-    scrubber = cs.CausalScrubber(model, tokens, batch_size=args.batch_size)
+    metric = "loss" if args.metric == "loss" else cs.logit_diff_metric(tokens[:, half - 1], tokens[:, 0])
+    scrubber = cs.CausalScrubber(model, tokens, metric=metric, batch_size=args.batch_size)
     t, c = time.perf_counter(), time.process_time()
     res = scrubber.scrub(hyp, seeds=args.seeds)
     total, cpu = time.perf_counter() - t, time.process_time() - c

@@ -43,7 +43,7 @@ class ScrubResult:
     per_example_random: np.ndarray  # [S, N]
     plans: Optional[List[SamplingPlan]] = None
     random_plans: Optional[List[SamplingPlan]] = None
-    timings: Dict[str, float] = field(default_factory=dict)
+    timings: Dict[str, float] = field(default_factory=dict)  # clean_s, scrub_s, total_s, cpu_s, forward_calls
 
     # -- per seed --------------------------------------------------------------------------------
     @property
@@ -120,8 +120,8 @@ class ScrubResult:
         ]
         if self.timings:
             t = self.timings
-            lines.append(f"  time {t.get('total_s', float('nan')):.3f} s ({int(t.get('forward_calls', 0))} engine "
-                         f"calls)")
+            lines.append(f"  time {t.get('total_s', float('nan')):.3f} s wall, {t.get('cpu_s', float('nan')):.3f} s "
+                         f"CPU ({int(t.get('forward_calls', 0))} engine calls)")
         lines.append("  hypothesis:")
         lines.extend("    " + l for l in self.hypothesis.splitlines())
         return "\n".join(lines)

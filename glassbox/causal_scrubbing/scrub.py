@@ -73,6 +73,7 @@ class CausalScrubber:
         self.batch_size = int(batch_size)
         self._clean: Dict[Key, np.ndarray] = {}
         self._model_metric: Optional[np.ndarray] = None
+        self._W_O: Dict[int, np.ndarray] = {}  # float32 copies of W_O per layer, during one scrub
         self.forward_calls = 0
 
     # -- public ----------------------------------------------------------------------------------
@@ -96,7 +97,7 @@ class CausalScrubber:
             references: dataset indices of the reference inputs (default: all, in order).
             keep_plans: keep each seed's :class:`SamplingPlan` (and the baseline's) in the result.
         """
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         seed_list = check_seeds(seeds)
         refs = check_references(references, self.n_data)
         compiled = compile_hypothesis(hypothesis, self.model, self.tokens)
@@ -108,7 +109,7 @@ class CausalScrubber:
         try:
             self._ensure_clean(compiled.needed_keys())
             t1 = time.perf_counter()
-            self._W_O: Dict[int, np.ndarray] = {}
+            self._W_O = {}
             scrubbed, random, plans, rplans = [], [], [], []
             for seed in seed_list:
                 plan = draw_plan(compiled.groups(), compiled.parents(), refs, self.n_data, seed, compiled.labels)
@@ -135,7 +136,7 @@ class CausalScrubber:
             plans=plans if keep_plans else None,
             random_plans=rplans if keep_plans else None,
             timings={"clean_s": t1 - t0, "scrub_s": t2 - t1, "total_s": t2 - t0,
-                     "forward_calls": float(self.forward_calls - calls0)},
+                     "cpu_s": time.process_time() - c0, "forward_calls": float(self.forward_calls - calls0)},
         )
 
     # -- checks ----------------------------------------------------------------------------------

@@ -59,7 +59,7 @@ def convert_config(hf: Dict[str, Any], where: str = "config.json") -> Dict[str, 
     if act not in _ACTIVATIONS:
         raise r.fail(f"activation_function {act!r} is not supported "
                      f"(supported: {', '.join(sorted(_ACTIVATIONS))})")
-    n_inner = r.int("n_inner", None)
+    n_inner = r.int("n_inner", None, minimum=0)  # 0 or null: 4 * n_embd, as before
     n_ctx = r.int("n_ctx", None) or r.int("n_positions")
     return {
         "d_model": D,

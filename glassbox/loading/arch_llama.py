@@ -89,7 +89,7 @@ def convert_config(hf: Dict[str, Any], where: str = "config.json") -> Dict[str, 
     G = r.int("num_key_value_heads", H)
     if H % G:
         raise r.fail(f"num_attention_heads={H} is not a multiple of num_key_value_heads={G}")
-    head_dim = r.int("head_dim", None)
+    head_dim = r.int("head_dim", None, minimum=0)  # 0 or null: derived, as before
     d = head_dim if head_dim else D // H
     if not head_dim and D % H:
         raise r.fail(f"hidden_size={D} is not divisible by num_attention_heads={H}")

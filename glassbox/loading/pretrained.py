@@ -246,7 +246,8 @@ def load_pretrained_parts(
         if isinstance(v, StoredMatrix):
             continue
         if v.dtype != np.float32 or not v.flags.c_contiguous or not v.flags.aligned:
-            sd[k] = np.ascontiguousarray(v, dtype=np.float32)
+            # a new array: ascontiguousarray would keep a view at an odd file offset unaligned
+            sd[k] = np.array(v, dtype=np.float32, order="C", copy=True)
     check_state_dict(sd, cfg, what=f"{files.source}: converted state dict")
     if copy_weights:
         sd = copy_to_memory(sd)

@@ -72,15 +72,30 @@ static inline float f16_to_f32(uint16_t h) {
     return f;
 }
 
+/* Element i of a float32 / 16-bit array at `base`, which need not be aligned: weights kept as
+ * stored are views of a file mapping, and a safetensors data buffer starts at 8 + header
+ * length, which may be any byte offset.  memcpy is the defined way to read them (compilers
+ * turn it into a plain unaligned load). */
+static inline float ld_f32(const void *base, int64_t i) {
+    float f;
+    memcpy(&f, (const char *)base + i * (int64_t)sizeof f, sizeof f);
+    return f;
+}
+static inline uint16_t ld_u16(const void *base, int64_t i) {
+    uint16_t h;
+    memcpy(&h, (const char *)base + i * (int64_t)sizeof h, sizeof h);
+    return h;
+}
+
 /* B element at flat offset `off` of B->data, widened to fp32. */
 static inline float load_elem(const void *data, int dtype, int64_t off) {
     switch (dtype) {
     case GB_BF16:
-        return bf16_to_f32(((const uint16_t *)data)[off]);
+        return bf16_to_f32(ld_u16(data, off));
     case GB_F16:
-        return f16_to_f32(((const uint16_t *)data)[off]);
+        return f16_to_f32(ld_u16(data, off));
     default:
-        return ((const float *)data)[off];
+        return ld_f32(data, off);
     }
 }
 
@@ -249,21 +264,15 @@ static void pack_panel(float *restrict dst, float *restrict scratch,
             const int64_t base = (n0 + j) * B->ld + k0;
             float *d = dst + j;
             switch (dtype) {
-            case GB_F32: {
-                const float *s = (const float *)data + base;
-                for (int64_t k = 0; k < kc; k++) d[k * NR] = s[k];
+            case GB_F32:
+                for (int64_t k = 0; k < kc; k++) d[k * NR] = ld_f32(data, base + k);
                 break;
-            }
-            case GB_BF16: {
-                const uint16_t *s = (const uint16_t *)data + base;
-                for (int64_t k = 0; k < kc; k++) d[k * NR] = bf16_to_f32(s[k]);
+            case GB_BF16:
+                for (int64_t k = 0; k < kc; k++) d[k * NR] = bf16_to_f32(ld_u16(data, base + k));
                 break;
-            }
-            default: {
-                const uint16_t *s = (const uint16_t *)data + base;
-                for (int64_t k = 0; k < kc; k++) d[k * NR] = f16_to_f32(s[k]);
+            default:
+                for (int64_t k = 0; k < kc; k++) d[k * NR] = f16_to_f32(ld_u16(data, base + k));
                 break;
-            }
             }
         }
         return;
@@ -287,18 +296,15 @@ static void pack_panel(float *restrict dst, float *restrict scratch,
             const int64_t base = row + off[0];
             switch (dtype) {
             case GB_F32:
-                memcpy(d, (const float *)data + base, (size_t)nr * sizeof(float));
+                memcpy(d, (const char *)data + base * (int64_t)sizeof(float),
+                       (size_t)nr * sizeof(float));
                 break;
-            case GB_BF16: {
-                const uint16_t *s = (const uint16_t *)data + base;
-                for (int64_t j = 0; j < nr; j++) d[j] = bf16_to_f32(s[j]);
+            case GB_BF16:
+                for (int64_t j = 0; j < nr; j++) d[j] = bf16_to_f32(ld_u16(data, base + j));
                 break;
-            }
-            default: {
-                const uint16_t *s = (const uint16_t *)data + base;
-                for (int64_t j = 0; j < nr; j++) d[j] = f16_to_f32(s[j]);
+            default:
+                for (int64_t j = 0; j < nr; j++) d[j] = f16_to_f32(ld_u16(data, base + j));
                 break;
-            }
             }
         } else {
             for (int64_t j = 0; j < nr; j++) d[j] = load_elem(data, dtype, row + off[j]);

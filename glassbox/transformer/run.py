@@ -11,6 +11,7 @@ from glassbox import utils
 from glassbox.ActivationCache import ActivationCache
 from glassbox.arrays import asarray_f32, is_torch, to_numpy, wants_torch, wrap
 from glassbox.hook_points import HookPoint, NamesFilter, _make_names_filter, _store_activation
+from glassbox.loading.mapped import loaded_files_unchanged
 from glassbox.utils import USE_DEFAULT_VALUE, LocallyOverridenDefaults, Slice
 from glassbox.transformer.checks import (FiniteGuard, as_attention_mask, as_token_array, check_return_type,
                                          check_tokens, resolve_layer)
@@ -242,6 +243,7 @@ class RunMixin:
 
     def _run_engine(self, tokens, residual, mask, positions, start, stop, return_type, torch_mode, B, P):
         engine = self._get_engine()
+        loaded_files_unchanged(self)  # a weights file changed since loading: refuse (not SIGBUS)
         L = self.cfg.n_layers
         final = stop is None
         unembed = stop is None and return_type is not None

@@ -426,7 +426,7 @@ static PyObject *py_attention(PyObject *self, PyObject *args, PyObject *kw) {
                                      &K, &H, &G, &d, &inv_scale, &window, &mo, &want_s, &want_p,
                                      &want_z))
         return NULL;
-    gb_attn_shape s = {B, P, K, H, G, d, 0, 0, 0, 0, inv_scale, window, NULL};
+    gb_attn_shape s = {B, P, K, H, G, d, 0, 0, 0, 0, inv_scale, window, NULL, 0};
     attn_in in = {NULL, NULL, NULL, NULL};
     PyArrayObject *z = NULL, *sc = NULL, *pa = NULL;
     if (attn_validate(&s, &in, qo, ko, vo, mo) < 0) goto fail;
@@ -462,7 +462,7 @@ static PyObject *py_attention_split(PyObject *self, PyObject *args, PyObject *kw
     if (!PyArg_ParseTupleAndKeywords(args, kw, "OOOLLLLLLf|LOp", kwlist, &qo, &ko, &vo, &B, &P,
                                      &K, &H, &G, &d, &inv_scale, &window, &mo, &in_place))
         return NULL;
-    gb_attn_shape s = {B, P, K, H, G, d, 0, 0, 0, 0, inv_scale, window, NULL};
+    gb_attn_shape s = {B, P, K, H, G, d, 0, 0, 0, 0, inv_scale, window, NULL, 0};
     attn_in in = {NULL, NULL, NULL, NULL};
     PyArrayObject *z = NULL, *sc = NULL, *pa = NULL;
     if (attn_validate(&s, &in, qo, ko, vo, mo) < 0) goto fail;

@@ -188,13 +188,15 @@ class RunMixin:
                  prepend_bos: Any = USE_DEFAULT_VALUE, padding_side: Any = USE_DEFAULT_VALUE,
                  start_at_layer: Optional[int] = None, tokens: Any = None, attention_mask: Any = None,
                  stop_at_layer: Optional[int] = None, past_kv_cache: Any = None, *,
-                 input_embeds: Any = None, embed_hooks: bool = True) -> Any:
-        """``forward`` plus two switches for ``generate``: ``input_embeds`` (token embeddings
+                 input_embeds: Any = None, embed_hooks: bool = True, torch_mode: Optional[bool] = None) -> Any:
+        """``forward`` plus switches for ``generate``: ``input_embeds`` (token embeddings
         [batch, pos, d_model] instead of ``input``; positions are added, as TL's generate does
-        with embeddings) and ``embed_hooks=False`` (``hook_tokens`` / ``hook_embed`` do not
-        fire: TL's generate embeds tokens without them)."""
+        with embeddings), ``embed_hooks=False`` (``hook_tokens`` / ``hook_embed`` do not
+        fire: TL's generate embeds tokens without them) and ``torch_mode`` (the array kind of
+        outputs and hook arguments, instead of deciding it from the input)."""
         kv = _as_kv_cache(past_kv_cache)
-        torch_mode = wants_torch(input if input_embeds is None else input_embeds)
+        if torch_mode is None:
+            torch_mode = wants_torch(input if input_embeds is None else input_embeds)
         L = self.cfg.n_layers
         with LocallyOverridenDefaults(self, prepend_bos=prepend_bos, padding_side=padding_side):
             residual = None
@@ -334,6 +336,20 @@ class RunMixin:
 
     def _fired_names(self, engine, start: int, stop: Optional[int], tokens_path: bool, final: bool, unembed: bool,
                      embed_hook: bool = True, pos_hook: bool = True) -> List[str]:
+        """Hook points this run fires, in firing order (memoised per engine and flags: a
+        generation step would otherwise spend more time here than in a small model)."""
+        key = (start, stop, tokens_path, final, unembed, embed_hook, pos_hook, tuple(engine.get_flags().values()))
+        memo = self.__dict__.get("_fired_memo")
+        if memo is None or memo[0] is not engine:
+            memo = (engine, {})
+            self.__dict__["_fired_memo"] = memo
+        names = memo[1].get(key)
+        if names is None:
+            names = memo[1][key] = self._list_fired(engine, start, stop, tokens_path, final, unembed, embed_hook,
+                                                    pos_hook)
+        return list(names)
+
+    def _list_fired(self, engine, start, stop, tokens_path, final, unembed, embed_hook, pos_hook) -> List[str]:
         names = []
         for name in engine.hook_names():
             if name.startswith("blocks."):

@@ -8,6 +8,10 @@
  * is exactly TransformerLens's [batch, pos, ...] layout, so a hook sees the
  * engine's buffer without any transposition -- except attention scores and
  * pattern, which the attention kernels keep in TL's [B, H, P, K] order.
+ *
+ * KV cache (gb_run.kv_keys): the P new positions' rotated keys and values are
+ * appended to the caller's [B, capacity, G, d] buffers and the attention
+ * reads rows [0, past + P) of those buffers in place; K = past + P.
  */
 #include <math.h>
 #include <stdlib.h>

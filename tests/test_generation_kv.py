@@ -207,6 +207,52 @@ def test_ungrouped_gqa_cache_stores_repeated_heads(models):
     assert_close(inc, ref, "ungrouped GQA, cached vs full")
 
 
+def test_cache_object_api(models):
+    """TL's surface: import paths, init_cache(cfg, device, batch), entries and indexing,
+    entry.append (frozen or not), append_attention_mask, and a cache rebuilt from another cache's
+    tensors (TL's dataclass constructors) continuing identically."""
+    import glassbox
+    from glassbox.cache.key_value_cache import TransformerLensKeyValueCache
+    from glassbox.cache.key_value_cache_entry import TransformerLensKeyValueCacheEntry
+    from glassbox.past_key_value_caching import HookedTransformerKeyValueCacheEntry as Entry
+
+    assert TransformerLensKeyValueCache is HookedTransformerKeyValueCache is glassbox.HookedTransformerKeyValueCache
+    assert TransformerLensKeyValueCacheEntry is Entry is glassbox.TransformerLensKeyValueCacheEntry
+    model = models.gb("llama-gqa")
+    G, d = model.cfg.n_key_value_heads, model.cfg.d_head
+    cache = HookedTransformerKeyValueCache.init_cache(model.cfg, model.cfg.device, 2)
+    assert len(cache) == model.cfg.n_layers and cache[1] is cache.entries[1]
+    assert tuple(cache[0].past_keys.shape) == (2, 0, G, d) and tuple(cache.previous_attention_mask.shape) == (2, 0)
+    toks = torch.as_tensor(np.random.default_rng(4).integers(2, 100, size=(2, 9)))
+    model(toks[:, :6], past_kv_cache=cache)
+    pk = cache[0].past_keys
+    assert torch.is_tensor(pk) and tuple(pk.shape) == (2, 6, G, d)
+    assert pk.data_ptr() == cache[0]._keys.ctypes.data  # a view of the engine's buffer
+
+    rebuilt = HookedTransformerKeyValueCache(
+        [Entry(e.past_keys.clone(), e.past_values.clone()) for e in cache], cache.previous_attention_mask.clone())
+    a = model(toks[:, 6:9], past_kv_cache=cache)
+    b = model(toks[:, 6:9], past_kv_cache=rebuilt)
+    assert_close(a, b, "rebuilt cache")
+    assert_close(a, to_np(model(toks))[:, 6:], "cached vs full")
+
+    ent = Entry.init_cache_entry(model.cfg, "cpu", 2)
+    nk, nv = torch.randn(2, 3, G, d), torch.randn(2, 3, G, d)
+    uk, uv = ent.append(nk, nv)
+    assert torch.equal(uk, nk) and torch.equal(uv, nv) and len(ent) == 3
+    ent.frozen = True
+    uk, _ = ent.append(nk, nv)
+    assert tuple(uk.shape) == (2, 6, G, d) and len(ent) == 3
+    with pytest.raises(ValueError, match="new_keys"):
+        ent.append(nk[:, :, :1], nv)
+    c2 = HookedTransformerKeyValueCache.init_cache(model.cfg, None, 2)
+    m = c2.append_attention_mask(torch.ones(2, 3, dtype=torch.long))
+    assert tuple(m.shape) == (2, 3) and tuple(c2.previous_attention_mask.shape) == (2, 3)
+    c2.freeze()
+    assert all(e.frozen for e in c2) and tuple(c2.append_attention_mask(torch.ones(2, 2)).shape) == (2, 5)
+    assert tuple(c2.previous_attention_mask.shape) == (2, 3)
+
+
 # ---------------------------------------------------------------------------------------------
 # generate: greedy vs HF, sampling vs TL, hooks vs TL
 # ---------------------------------------------------------------------------------------------

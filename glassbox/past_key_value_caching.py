@@ -84,7 +84,7 @@ class HookedTransformerKeyValueCacheEntry:
                 f"got {tuple(keys.shape)} and {tuple(values.shape)}"
             )
         B, n, G, d = keys.shape
-        self._torch = is_torch(past_keys) or wants_torch()
+        self._torch = wants_torch(past_keys)  # torch tensors in, torch tensors out
         self._keys = np.empty((B, n, G, d), dtype=np.float32)
         self._values = np.empty((B, n, G, d), dtype=np.float32)
         self._keys[...] = keys
@@ -102,6 +102,7 @@ class HookedTransformerKeyValueCacheEntry:
         if B <= 0:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
         entry = cls(np.empty((B, 0, G, d), np.float32), np.empty((B, 0, G, d), np.float32))
+        entry._torch = wants_torch()  # like weight accessors: torch when torch is importable
         if capacity:
             entry._reserve(int(capacity))
         return entry
@@ -299,6 +300,11 @@ class HookedTransformerKeyValueCache:
     @property
     def batch_size(self) -> int:
         return self.entries[0].batch_size
+
+    @property
+    def fully_frozen(self) -> bool:
+        """True if the cache and every entry are frozen (nothing a forward does is kept)."""
+        return self.frozen and all(e.frozen for e in self.entries)
 
     @property
     def pos_so_far(self) -> int:

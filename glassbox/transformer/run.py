@@ -296,7 +296,7 @@ class RunMixin:
         cached + new positions (or None) and the new positions' mask (or None)."""
         past = kv._check_for(self, B)
         L = self.cfg.n_layers
-        if (start != 0 or (stop is not None and stop < L)) and not kv.frozen:
+        if (start != 0 or (stop is not None and stop < L)) and not kv.fully_frozen:
             raise ValueError(
                 f"past_kv_cache with start_at_layer={start} / stop_at_layer={stop} would leave the layers outside "
                 "that range without the new positions; freeze() the cache to read it without extending it")

@@ -454,7 +454,7 @@ static PyObject *py_attention(PyObject *self, PyObject *args, PyObject *kw) {
                                      &so[1], &so[2], &so[3], &so[4], &so[5], &inv_scale, &wo, &mo,
                                      &want_s, &want_p, &want_z))
         return NULL;
-    gb_attn_shape s = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, inv_scale, 0, NULL};
+    gb_attn_shape s = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, inv_scale, 0, NULL, 0};
     if (attn_sizes(so, wo, &s) < 0) return NULL;
     const int64_t B = s.B, P = s.P, K = s.K, H = s.H, d = s.d;
     attn_in in = {NULL, NULL, NULL, NULL};
@@ -492,7 +492,7 @@ static PyObject *py_attention_split(PyObject *self, PyObject *args, PyObject *kw
                                      &so[1], &so[2], &so[3], &so[4], &so[5], &inv_scale, &wo, &mo,
                                      &in_place))
         return NULL;
-    gb_attn_shape s = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, inv_scale, 0, NULL};
+    gb_attn_shape s = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, inv_scale, 0, NULL, 0};
     if (attn_sizes(so, wo, &s) < 0) return NULL;
     const int64_t B = s.B, P = s.P, K = s.K, H = s.H, d = s.d;
     attn_in in = {NULL, NULL, NULL, NULL};

@@ -581,17 +581,84 @@ static int parse_site_layer(GbModel *self, PyObject *key, int *site, int *layer)
     return 0;
 }
 
+/* kv_cache=(keys, values, past): sequences of n_layers writable float32
+ * C-contiguous arrays [B, capacity, G, d] (one capacity for all), and the
+ * number of positions already stored. References go to `keep`. */
+static int parse_kv_cache(GbModel *self, PyObject *kv, int64_t B, int64_t P, PyObject *keep,
+                          float **keys, float **values, int64_t *past, int64_t *cap) {
+    const gb_config *c = &self->cfg;
+    const int64_t L = c->n_layers, G = c->n_kv_heads, d = c->d_head;
+    PyObject *ko, *vo;
+    long long n_past;
+    if (!PyTuple_Check(kv) || !PyArg_ParseTuple(kv, "OOL", &ko, &vo, &n_past)) {
+        PyErr_Clear();
+        PyErr_SetString(PyExc_TypeError, "kv_cache must be a tuple (keys, values, past) of two "
+                                         "per-layer sequences of arrays and an int");
+        return -1;
+    }
+    PyObject *seqs[2] = {ko, vo};
+    const char *what[2] = {"keys", "values"};
+    *cap = -1;
+    for (int w = 0; w < 2; w++) {
+        PyObject *seq = PySequence_Fast(seqs[w], "kv_cache keys / values must be sequences of arrays");
+        if (!seq) return -1;
+        if (PySequence_Fast_GET_SIZE(seq) != L) {
+            PyErr_Format(PyExc_ValueError, "kv_cache %s has %zd layers, the model has %lld", what[w],
+                         PySequence_Fast_GET_SIZE(seq), (long long)L);
+            Py_DECREF(seq);
+            return -1;
+        }
+        for (int64_t l = 0; l < L; l++) {
+            PyObject *a = PySequence_Fast_GET_ITEM(seq, l);
+            PyArrayObject *arr = (PyArrayObject *)a;
+            int ok = PyArray_Check(a) && PyArray_TYPE(arr) == NPY_FLOAT32 && PyArray_IS_C_CONTIGUOUS(arr) &&
+                     PyArray_ISWRITEABLE(arr) && PyArray_ISALIGNED(arr) && PyArray_NDIM(arr) == 4;
+            if (ok && *cap < 0) *cap = PyArray_DIM(arr, 1);
+            ok = ok && PyArray_DIM(arr, 0) == B && PyArray_DIM(arr, 1) == *cap && PyArray_DIM(arr, 2) == G &&
+                 PyArray_DIM(arr, 3) == d;
+            if (!ok) {
+                PyObject *got = PyArray_Check(a) ? array_shape_tuple(arr) : PyUnicode_FromString(Py_TYPE(a)->tp_name);
+                if (got)
+                    PyErr_Format(PyExc_ValueError,
+                                 "kv_cache %s[%lld] must be a writable C-contiguous float32 array of shape "
+                                 "(batch=%lld, capacity=%lld, n_kv_heads=%lld, d_head=%lld), got %R",
+                                 what[w], (long long)l, (long long)B, (long long)(*cap < 0 ? 0 : *cap),
+                                 (long long)G, (long long)d, got);
+                Py_XDECREF(got);
+                Py_DECREF(seq);
+                return -1;
+            }
+            if (PyList_Append(keep, a) < 0) {
+                Py_DECREF(seq);
+                return -1;
+            }
+            (w == 0 ? keys : values)[l] = PyArray_DATA(arr);
+        }
+        Py_DECREF(seq);
+    }
+    if (L == 0) *cap = n_past + P;
+    if (n_past < 0 || P > *cap - n_past) {
+        PyErr_Format(PyExc_ValueError,
+                     "kv_cache of capacity %lld holds %lld positions and cannot take %lld more",
+                     (long long)*cap, n_past, (long long)P);
+        return -1;
+    }
+    *past = n_past;
+    return 0;
+}
+
 static PyObject *Model_forward(GbModel *self, PyObject *args, PyObject *kwds) {
     static char *kwlist[] = {"tokens", "residual", "attention_mask", "positions", "start_at_layer",
                              "stop_at_layer", "final_norm", "unembed", "cache", "hooks", "callback",
-                             NULL};
+                             "embeds", "kv_cache", NULL};
     PyObject *tokens_o = Py_None, *resid_o = Py_None, *mask_o = Py_None, *pos_o = Py_None,
-             *stop_o = Py_None, *cache_o = Py_None, *hooks_o = Py_None, *cb = Py_None;
+             *stop_o = Py_None, *cache_o = Py_None, *hooks_o = Py_None, *cb = Py_None,
+             *embeds_o = Py_None, *kv_o = Py_None;
     Py_ssize_t start = 0;
     int final_norm = 1, unembed = 1;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "|O$OOOnOppOOO", kwlist, &tokens_o, &resid_o,
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "|O$OOOnOppOOOOO", kwlist, &tokens_o, &resid_o,
                                      &mask_o, &pos_o, &start, &stop_o, &final_norm, &unembed,
-                                     &cache_o, &hooks_o, &cb))
+                                     &cache_o, &hooks_o, &cb, &embeds_o, &kv_o))
         return NULL;
     if (model_ready(self)) return NULL;
     const gb_config *c = &self->cfg;
@@ -601,8 +668,11 @@ static PyObject *Model_forward(GbModel *self, PyObject *args, PyObject *kwds) {
     PyObject *keep = NULL; /* references held for the run */
     uint8_t *mode = NULL;
     float **cache = NULL;
+    float **kv_keys = NULL, **kv_values = NULL;
+    int64_t past = 0, kv_cap = 0;
     PyObject *result = NULL;
     int64_t B = 0, P = 0;
+    int embeds_in = embeds_o != Py_None;
 
     int64_t stop = L;
     if (stop_o != Py_None) {
@@ -616,12 +686,18 @@ static PyObject *Model_forward(GbModel *self, PyObject *args, PyObject *kwds) {
         return NULL;
     }
 
-    if (resid_o != Py_None) {
-        resid = (PyArrayObject *)PyArray_FROM_OTF(resid_o, NPY_FLOAT32, NPY_ARRAY_IN_ARRAY | NPY_ARRAY_FORCECAST);
+    if (embeds_in && (resid_o != Py_None || tokens_o != Py_None || start != 0)) {
+        PyErr_SetString(PyExc_ValueError, "embeds is an alternative to tokens and residual, and runs from layer 0");
+        return NULL;
+    }
+    if (resid_o != Py_None || embeds_in) {
+        resid = (PyArrayObject *)PyArray_FROM_OTF(embeds_in ? embeds_o : resid_o, NPY_FLOAT32,
+                                                  NPY_ARRAY_IN_ARRAY | NPY_ARRAY_FORCECAST);
         if (!resid) goto fail;
         if (PyArray_NDIM(resid) != 3 || PyArray_DIM(resid, 2) != D) {
             PyObject *got = array_shape_tuple(resid);
-            if (got) PyErr_Format(PyExc_ValueError, "residual must have shape [batch, pos, %lld], got %R", (long long)D, got);
+            if (got) PyErr_Format(PyExc_ValueError, "%s must have shape [batch, pos, %lld], got %R",
+                                  embeds_in ? "embeds" : "residual", (long long)D, got);
             Py_XDECREF(got);
             goto fail;
         }
@@ -656,17 +732,34 @@ static PyObject *Model_forward(GbModel *self, PyObject *args, PyObject *kwds) {
             }
         }
     }
-    if (c->pos == GB_POS_STANDARD && P > c->n_ctx && pos_o == Py_None) {
-        PyErr_Format(PyExc_ValueError, "sequence length %lld exceeds the model's context n_ctx=%lld",
-                     (long long)P, (long long)c->n_ctx);
+    keep = PyList_New(0);
+    if (!keep) goto fail;
+    if (kv_o != Py_None) {
+        kv_keys = PyMem_Calloc((size_t)(L ? L : 1), sizeof(float *));
+        kv_values = PyMem_Calloc((size_t)(L ? L : 1), sizeof(float *));
+        if (!kv_keys || !kv_values) {
+            PyErr_NoMemory();
+            goto fail;
+        }
+        if (parse_kv_cache(self, kv_o, B, P, keep, kv_keys, kv_values, &past, &kv_cap)) goto fail;
+    }
+    const int64_t K = past + P; /* keys attended: cached + new */
+    if (c->pos == GB_POS_STANDARD && K > c->n_ctx && pos_o == Py_None) {
+        if (past)
+            PyErr_Format(PyExc_ValueError, "%lld cached + %lld new positions exceed the model's context n_ctx=%lld",
+                         (long long)past, (long long)P, (long long)c->n_ctx);
+        else
+            PyErr_Format(PyExc_ValueError, "sequence length %lld exceeds the model's context n_ctx=%lld",
+                         (long long)P, (long long)c->n_ctx);
         goto fail;
     }
     if (mask_o != Py_None) {
         mask = (PyArrayObject *)PyArray_FROM_OTF(mask_o, NPY_INT32, NPY_ARRAY_IN_ARRAY | NPY_ARRAY_FORCECAST);
         if (!mask) goto fail;
-        if (PyArray_NDIM(mask) != 2 || PyArray_DIM(mask, 0) != B || PyArray_DIM(mask, 1) != P) {
+        if (PyArray_NDIM(mask) != 2 || PyArray_DIM(mask, 0) != B || PyArray_DIM(mask, 1) != K) {
             PyObject *got = array_shape_tuple(mask);
-            if (got) PyErr_Format(PyExc_ValueError, "attention_mask has shape %R, expected (%lld, %lld)", got, (long long)B, (long long)P);
+            if (got) PyErr_Format(PyExc_ValueError, "attention_mask has shape %R, expected (%lld, %lld)%s", got,
+                                  (long long)B, (long long)K, past ? " (cached + new positions)" : "");
             Py_XDECREF(got);
             goto fail;
         }
@@ -694,8 +787,7 @@ static PyObject *Model_forward(GbModel *self, PyObject *args, PyObject *kwds) {
     const size_t nslots = (size_t)GB_SITE_COUNT * (size_t)(L + 1);
     mode = PyMem_Calloc(nslots, 1);
     cache = PyMem_Calloc(nslots, sizeof(float *));
-    keep = PyList_New(0);
-    if (!mode || !cache || !keep) {
+    if (!mode || !cache) {
         PyErr_NoMemory();
         goto fail;
     }
@@ -710,7 +802,7 @@ static PyObject *Model_forward(GbModel *self, PyObject *args, PyObject *kwds) {
             int site, layer;
             if (parse_site_layer(self, k, &site, &layer)) goto fail;
             int64_t sh[4];
-            int nd = gb_hook_shape(c, site, B, P, sh);
+            int nd = gb_hook_shape_kv(c, site, B, P, K, sh);
             int ok = PyArray_Check(v) && PyArray_TYPE((PyArrayObject *)v) == NPY_FLOAT32 &&
                      PyArray_IS_C_CONTIGUOUS((PyArrayObject *)v) && PyArray_ISWRITEABLE((PyArrayObject *)v) &&
                      PyArray_ISALIGNED((PyArrayObject *)v) && PyArray_NDIM((PyArrayObject *)v) == nd;
@@ -765,6 +857,8 @@ static PyObject *Model_forward(GbModel *self, PyObject *args, PyObject *kwds) {
         .B = B, .P = P,
         .tokens = tokens ? PyArray_DATA(tokens) : NULL,
         .residual_in = resid ? PyArray_DATA(resid) : NULL,
+        .embeds_in = embeds_in,
+        .kv_keys = kv_keys, .kv_values = kv_values, .past = past, .kv_cap = kv_cap,
         .attn_mask = mask ? PyArray_DATA(mask) : NULL,
         .positions = pos ? PyArray_DATA(pos) : NULL,
         .start_layer = start, .stop_layer = stop,
@@ -800,21 +894,68 @@ fail:
     Py_XDECREF(keep);
     PyMem_Free(mode);
     PyMem_Free(cache);
+    PyMem_Free(kv_keys);
+    PyMem_Free(kv_values);
     return result;
 }
 
 static PyObject *Model_hook_shape(GbModel *self, PyObject *args) {
     int site;
-    long long B, P;
-    if (!PyArg_ParseTuple(args, "iLL", &site, &B, &P)) return NULL;
+    long long B, P, K = -1;
+    if (!PyArg_ParseTuple(args, "iLL|L", &site, &B, &P, &K)) return NULL;
     if (model_ready(self)) return NULL;
     if (site < 0 || site >= GB_SITE_COUNT) {
         PyErr_Format(PyExc_ValueError, "unknown hook site id %d", site);
         return NULL;
     }
+    if (K < 0) K = P;
+    if (B < 0 || P < 0 || K < P) {
+        PyErr_Format(PyExc_ValueError, "hook_shape needs 0 <= P <= K and B >= 0, got B=%lld P=%lld K=%lld", B, P, K);
+        return NULL;
+    }
     int64_t sh[4];
-    int nd = gb_hook_shape(&self->cfg, site, B, P, sh);
+    int nd = gb_hook_shape_kv(&self->cfg, site, B, P, K, sh);
     return shape_tuple(nd, sh);
+}
+
+static PyObject *Model_embed_tokens(GbModel *self, PyObject *arg) {
+    if (model_ready(self)) return NULL;
+    PyArrayObject *t = (PyArrayObject *)PyArray_FROM_OTF(arg, NPY_INT64, NPY_ARRAY_IN_ARRAY);
+    if (!t) return NULL;
+    const gb_config *c = &self->cfg;
+    const int nd = PyArray_NDIM(t);
+    if (nd < 1 || nd > 2) {
+        PyObject *got = array_shape_tuple(t);
+        if (got) PyErr_Format(PyExc_ValueError, "tokens must have shape [batch, pos] or [pos], got %R", got);
+        Py_XDECREF(got);
+        Py_DECREF(t);
+        return NULL;
+    }
+    const int64_t n = PyArray_SIZE(t);
+    const int64_t *ids = PyArray_DATA(t);
+    for (int64_t i = 0; i < n; i++)
+        if (ids[i] < 0 || ids[i] >= c->d_vocab) {
+            PyErr_Format(PyExc_ValueError, "token id %lld is out of range [0, %lld)", (long long)ids[i],
+                         (long long)c->d_vocab);
+            Py_DECREF(t);
+            return NULL;
+        }
+    npy_intp dims[3];
+    for (int i = 0; i < nd; i++) dims[i] = PyArray_DIM(t, i);
+    dims[nd] = (npy_intp)c->d_model;
+    PyArrayObject *out = (PyArrayObject *)PyArray_SimpleNew(nd + 1, dims, NPY_FLOAT32);
+    if (!out) {
+        Py_DECREF(t);
+        return NULL;
+    }
+    Py_BEGIN_ALLOW_THREADS
+    if (self->w.W_E_dtype == GB_F32)
+        gb_embed(PyArray_DATA(out), (const float *)self->w.W_E, ids, n, c->d_model);
+    else
+        gb_embed_rows(PyArray_DATA(out), self->w.W_E, self->w.W_E_dtype, ids, n, c->d_model);
+    Py_END_ALLOW_THREADS
+    Py_DECREF(t);
+    return (PyObject *)out;
 }
 
 static int append_name(PyObject *list, int site, int64_t layer) {
@@ -899,10 +1040,13 @@ static PyMethodDef Model_methods[] = {
     {"forward", (PyCFunction)(void (*)(void))Model_forward, METH_VARARGS | METH_KEYWORDS,
      "forward(tokens=None, *, residual=None, attention_mask=None, positions=None, start_at_layer=0,\n"
      "        stop_at_layer=None, final_norm=True, unembed=True, cache=None, hooks=None,\n"
-     "        callback=None) -> ndarray\n\n"
+     "        callback=None, embeds=None, kv_cache=None) -> ndarray\n\n"
      "Run the forward pass in C with the GIL released. See docs/engine-interface.md."},
     {"hook_shape", (PyCFunction)Model_hook_shape, METH_VARARGS,
-     "hook_shape(site_id, B, P) -> tuple: the activation shape at a hook site."},
+     "hook_shape(site_id, B, P, K=P) -> tuple: the activation shape at a hook site\n"
+     "(K: keys attended, past + P with a KV cache)."},
+    {"embed_tokens", (PyCFunction)Model_embed_tokens, METH_O,
+     "embed_tokens(tokens) -> ndarray [..., d_model]: rows of W_E (widened / dequantised)."},
     {"hook_names", (PyCFunction)Model_hook_names, METH_NOARGS,
      "hook_names() -> list[str]: hook points that fire for this config, in firing order."},
     {"set_flags", (PyCFunction)(void (*)(void))Model_set_flags, METH_VARARGS | METH_KEYWORDS,

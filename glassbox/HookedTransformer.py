@@ -189,27 +189,29 @@ class HookedTransformer(PretrainedMixin, WeightsMixin, TokensMixin, EngineMixin,
     def generate(self, input: Any = "", max_new_tokens: int = 10, stop_at_eos: bool = True,
                  eos_token_id: Any = None, do_sample: bool = True, top_k: Optional[int] = None,
                  top_p: Optional[float] = None, temperature: float = 1.0, freq_penalty: float = 0.0,
-                 use_past_kv_cache: bool = True, prepend_bos: Optional[bool] = None,
-                 padding_side: Optional[str] = None, return_type: Optional[str] = "input",
-                 verbose: bool = True, **kwargs: Any) -> Any:
-        """Sample tokens after ``input`` (str, list[str] or tokens), TransformerLens's ``generate``.
+                 use_past_kv_cache: bool = True, prepend_bos: Optional[bool] = utils.USE_DEFAULT_VALUE,
+                 padding_side: Optional[str] = utils.USE_DEFAULT_VALUE, return_type: Optional[str] = "input",
+                 verbose: bool = True, **generation_kwargs: Any) -> Any:
+        """Sample tokens after ``input`` (str, list[str], tokens or embeddings): TransformerLens's
+        ``generate``, with a KV cache in the C engine by default (``use_past_kv_cache``).
 
-        ``do_sample=False`` (or ``temperature=0``) is greedy; ``return_type`` "input" / "str" /
-        "tokens". Hooks attached with ``hooks()`` / ``add_hook`` fire at every step. Each step
-        recomputes the sequence (no KV cache yet; ``use_past_kv_cache`` is accepted). Extra
-        keyword: ``repetition_penalty``, ``seed`` (for sampling). See :mod:`glassbox.generation`.
+        ``do_sample=False`` (or ``temperature=0``) is greedy; ``top_k`` / ``top_p`` /
+        ``freq_penalty`` as TransformerLens; ``return_type`` "input" / "str" / "tokens" /
+        "embeds"; ``eos_token_id`` an int or a list. Hooks attached with ``hooks()`` /
+        ``add_hook`` fire at every step (new positions only with the cache). With torch input
+        sampling uses torch's RNG exactly as TransformerLens does (same seed, same tokens).
+        Extra keywords: ``output_logits``, ``repetition_penalty``, ``seed``. See
+        :mod:`glassbox.generation` and docs/generation.md.
         """
         from glassbox.generation import generate as _generate
 
-        unknown = set(kwargs) - {"repetition_penalty", "seed"}
-        if unknown:
-            raise TypeError(f"generate() got unexpected keyword arguments {sorted(unknown)}")
         with self._run_lock:
             return _generate(self, input, max_new_tokens=max_new_tokens, stop_at_eos=stop_at_eos,
                              eos_token_id=eos_token_id, do_sample=do_sample, top_k=top_k, top_p=top_p,
                              temperature=temperature, freq_penalty=freq_penalty,
                              use_past_kv_cache=use_past_kv_cache, prepend_bos=prepend_bos,
-                             padding_side=padding_side, return_type=return_type, verbose=verbose, **kwargs)
+                             padding_side=padding_side, return_type=return_type, verbose=verbose,
+                             **generation_kwargs)
 
     def loss_fn(self, logits: Any, tokens: Any, attention_mask: Any = None, per_token: bool = False) -> Any:
         """Next-token cross-entropy (``utils.lm_cross_entropy_loss``)."""

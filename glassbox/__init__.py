@@ -16,6 +16,12 @@ from glassbox.config.hooked_transformer_config import HookedTransformerConfig
 from glassbox.hook_points import HookedRootModule, HookPoint, LensHandle
 from glassbox.HookedTransformer import HookedTransformer, Output
 from glassbox.tokenization import Tokenizer
+from glassbox.past_key_value_caching import (  # TL 2.x names and TL 3.x names
+    HookedTransformerKeyValueCache,
+    HookedTransformerKeyValueCacheEntry,
+    TransformerLensKeyValueCache,
+    TransformerLensKeyValueCacheEntry,
+)
 
 from glassbox import hook_points, utilities, components, config  # noqa: E402,F401
 from glassbox import lens, visualization  # noqa: E402,F401
@@ -35,6 +41,10 @@ __all__ = [
     "LensHandle",
     "Output",
     "Tokenizer",
+    "HookedTransformerKeyValueCache",
+    "HookedTransformerKeyValueCacheEntry",
+    "TransformerLensKeyValueCache",
+    "TransformerLensKeyValueCacheEntry",
     "utils",
     "utilities",
     "hook_points",

@@ -478,9 +478,10 @@ __all__ = [
 def sample_logits(final_logits: Any, top_k: Optional[int] = None, top_p: Optional[float] = None,
                   temperature: float = 1.0, freq_penalty: float = 0.0,
                   repetition_penalty: float = 1.0, tokens: Any = None) -> Any:
-    """Next token ids [batch] from final-position logits [batch, d_vocab] (see
-    :func:`glassbox.generation.sample_logits`; ``temperature=0`` is greedy)."""
-    from glassbox.generation import sample_logits as _sample
+    """Next token ids [batch] from final-position logits [batch, d_vocab], TransformerLens's
+    ``sample_logits`` (``temperature=0`` is greedy). torch logits: drawn with torch's RNG exactly
+    as TransformerLens draws; NumPy logits: a NumPy draw. See :mod:`glassbox.sampling`."""
+    from glassbox.sampling import sample_logits as _sample
 
     return _sample(final_logits, top_k=top_k, top_p=top_p, temperature=temperature,
                    freq_penalty=freq_penalty, repetition_penalty=repetition_penalty, tokens=tokens)

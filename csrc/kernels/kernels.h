@@ -165,13 +165,17 @@ void gb_rope(float *x, int64_t ldx, int64_t M, int64_t n_heads, int64_t d_head,
  * with the row maximum subtracted; a row with no visible key gets pattern 0
  * (TransformerLens turns its NaN rows into 0); z[b*P+i, h*d:] = pattern @ v.
  * Outputs scores / pattern are [B, H, P, K] and may be NULL (not wanted);
- * z is [B*P, ldz] and may be NULL (not wanted). */
+ * z is [B*P, ldz] and may be NULL (not wanted).
+ * kv_rows: rows of k / v from one sequence to the next (0 means K). A KV
+ * cache [B, capacity, G, d] is read in place with kv_rows = capacity; only
+ * its first K rows per sequence are touched. */
 typedef struct {
     int64_t B, P, K, H, G, d;
     int64_t ldq, ldk, ldv, ldz;
     float inv_scale;
     int64_t window;         /* <= 0: no sliding window */
     const int32_t *key_mask; /* [B, K] or NULL */
+    int64_t kv_rows;         /* k / v rows between sequences; 0: K */
 } gb_attn_shape;
 
 /* One call: scores, softmax, z; materialises scores/pattern only when the

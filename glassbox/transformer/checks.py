@@ -59,7 +59,7 @@ def check_tokens(tokens: np.ndarray, d_vocab: int, n_ctx: Optional[int]) -> np.n
     return np.ascontiguousarray(tokens, dtype=np.int64)
 
 
-def as_attention_mask(mask: Any, shape: Tuple[int, int]) -> np.ndarray:
+def as_attention_mask(mask: Any, shape: Optional[Tuple[int, int]]) -> np.ndarray:
     """An attention mask [batch, pos] (or [pos]) of 0/1 values → int64, checked.
 
     Accepted: bool, integer and floating dtypes whose values are exactly 0 or 1. Anything else
@@ -70,7 +70,9 @@ def as_attention_mask(mask: Any, shape: Tuple[int, int]) -> np.ndarray:
         raise ValueError(f"attention_mask must hold 0/1 (bool, int or float) values, got dtype {arr.dtype}")
     if arr.ndim == 1:
         arr = arr[None]
-    if tuple(arr.shape) != tuple(shape):
+    if arr.ndim != 2:
+        raise ValueError(f"attention_mask must have shape [batch, pos] or [pos], got {tuple(arr.shape)}")
+    if shape is not None and tuple(arr.shape) != tuple(shape):
         raise AssertionError(f"Attention mask shape {tuple(arr.shape)} does not match tokens shape {tuple(shape)}")
     if arr.dtype.kind != "b":
         bad = (arr != 0) & (arr != 1)

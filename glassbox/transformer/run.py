@@ -94,12 +94,36 @@ def _as_tokens(x: Any) -> np.ndarray:
     return np.ascontiguousarray(as_token_array(x), dtype=np.int64)
 
 
+def _mask_arg(attention_mask: Any, shape: Optional[Tuple[int, int]]) -> Optional[np.ndarray]:
+    """A user attention mask → int64 [batch, pos] (or None), its 0/1 values checked (and its shape,
+    unless ``shape`` is None)."""
+    if attention_mask is None:
+        return None
+    return as_attention_mask(attention_mask, shape)
+
+
+def _as_kv_cache(past_kv_cache: Any) -> Any:
+    """``past_kv_cache`` checked to be glassbox's key/value cache (or None)."""
+    if past_kv_cache is None:
+        return None
+    from glassbox.past_key_value_caching import HookedTransformerKeyValueCache
+
+    if not isinstance(past_kv_cache, HookedTransformerKeyValueCache):
+        raise TypeError(
+            "past_kv_cache must be a glassbox HookedTransformerKeyValueCache (from "
+            "glassbox.past_key_value_caching, e.g. HookedTransformerKeyValueCache.init_cache(model.cfg, "
+            f"model.cfg.device, batch_size)), got {type(past_kv_cache).__name__}")
+    return past_kv_cache
+
+
 class RunMixin:
     """Part of :class:`glassbox.HookedTransformer` (see its docstring)."""
 
-    def _input_to_tokens(self, input: Any, attention_mask: Any) -> Tuple[np.ndarray, Optional[np.ndarray]]:
+    def _input_to_tokens(self, input: Any, attention_mask: Any,
+                         need_mask: bool = False) -> Tuple[np.ndarray, Optional[np.ndarray]]:
         """Tokens [B, P] int64 (checked: shape, n_ctx, id range — before any widening) and the
-        attention mask TL would use (or None)."""
+        attention mask TL would use (or None). ``need_mask`` (a KV cache is used): always a
+        mask, as in TL."""
         if isinstance(input, str) or (isinstance(input, list) and input and all(isinstance(s, str) for s in input)):
             tok = self._require_tokenizer("string input")
             tokens, _ = tok.encode_batch(
@@ -113,14 +137,14 @@ class RunMixin:
         mask = None
         if attention_mask is not None:
             mask = as_attention_mask(attention_mask, tokens.shape)
-        elif self.tokenizer is not None and self.tokenizer.padding_side == "left":
+        elif (self.tokenizer is not None and self.tokenizer.padding_side == "left") or need_mask:
             mask = np.ascontiguousarray(
                 to_numpy(utils.get_attention_mask(self.tokenizer, tokens, self.cfg.default_prepend_bos)), dtype=np.int64)
         return tokens, mask
 
-    def _validate_tokens(self, tokens: np.ndarray) -> np.ndarray:
+    def _validate_tokens(self, tokens: np.ndarray, check_n_ctx: bool = True) -> np.ndarray:
         """``tokens`` [B, P] of any integer dtype, checked, as int64."""
-        n_ctx = self.cfg.n_ctx if self.cfg.positional_embedding_type == "standard" else None
+        n_ctx = self.cfg.n_ctx if check_n_ctx and self.cfg.positional_embedding_type == "standard" else None
         return check_tokens(tokens, int(self.embed._params["W_E"].shape[0]), n_ctx)
 
     def forward(
@@ -144,23 +168,58 @@ class RunMixin:
         "logits" [batch, pos, d_vocab_out], "loss" (0-d, or [batch, pos-1] with
         ``loss_per_token``), "both" (``Output(logits, loss)``) or None. ``stop_at_layer``
         (exclusive, negatives allowed) returns the residual before that block.
+
+        ``past_kv_cache`` (a :class:`glassbox.past_key_value_caching.HookedTransformerKeyValueCache`):
+        the input holds the *new* positions only; they attend to the cached ones, and their
+        keys, values and attention mask are appended to the cache (unless it is frozen). As in
+        TransformerLens: with token/text input ``attention_mask`` is the new positions' mask
+        (computed from the tokenizer when omitted) and is appended to
+        ``past_kv_cache.previous_attention_mask``; with ``start_at_layer`` it is the mask of
+        cached + new positions. Hook points fire for the new positions only, except
+        ``hook_attn_scores`` / ``hook_pattern`` [batch, head, new, cached + new] and
+        ``hook_rot_k`` [batch, cached + new, kv_head, d_head].
         """
-        if past_kv_cache is not None:
-            raise NotImplementedError("past_kv_cache is not supported by glassbox yet")
         if shortformer_pos_embed is not None:
             raise NotImplementedError("shortformer models are not supported by glassbox")
-        torch_mode = wants_torch(input)
+        return self._forward(input, return_type, loss_per_token, prepend_bos, padding_side, start_at_layer,
+                             tokens, attention_mask, stop_at_layer, past_kv_cache)
+
+    def _forward(self, input: Any, return_type: Optional[str] = "logits", loss_per_token: bool = False,
+                 prepend_bos: Any = USE_DEFAULT_VALUE, padding_side: Any = USE_DEFAULT_VALUE,
+                 start_at_layer: Optional[int] = None, tokens: Any = None, attention_mask: Any = None,
+                 stop_at_layer: Optional[int] = None, past_kv_cache: Any = None, *,
+                 input_embeds: Any = None, embed_hooks: bool = True, torch_mode: Optional[bool] = None) -> Any:
+        """``forward`` plus switches for ``generate``: ``input_embeds`` (token embeddings
+        [batch, pos, d_model] instead of ``input``; positions are added, as TL's generate does
+        with embeddings), ``embed_hooks=False`` (``hook_tokens`` / ``hook_embed`` do not
+        fire: TL's generate embeds tokens without them) and ``torch_mode`` (the array kind of
+        outputs and hook arguments, instead of deciding it from the input)."""
+        kv = _as_kv_cache(past_kv_cache)
+        if torch_mode is None:
+            torch_mode = wants_torch(input if input_embeds is None else input_embeds)
         L = self.cfg.n_layers
         check_return_type(return_type)
         stop = resolve_layer(stop_at_layer, L, "stop_at_layer")
         with self._run_lock, LocallyOverridenDefaults(self, prepend_bos=prepend_bos, padding_side=padding_side):
             residual = None
-            if start_at_layer is None:
-                tok_np, mask = self._input_to_tokens(input, attention_mask)
-                if self.cfg.use_hook_tokens and self.hook_tokens.fwd_hooks:
+            embeds = None
+            if input_embeds is not None:
+                embeds = asarray_f32(input_embeds)
+                if embeds.ndim != 3 or embeds.shape[-1] != self.cfg.d_model:
+                    raise ValueError(f"embeddings must have shape [batch, pos, {self.cfg.d_model}], "
+                                     f"got {tuple(embeds.shape)}")
+                B, P = embeds.shape[:2]
+                if B == 0 or P == 0:
+                    raise ValueError(f"embeddings must be non-empty, got shape {tuple(embeds.shape)}")
+                start, tok_np, mask = 0, None, _mask_arg(attention_mask, (B, P))
+                new_mask_given = True
+            elif start_at_layer is None:
+                tok_np, mask = self._input_to_tokens(input, attention_mask, need_mask=kv is not None)
+                if self.cfg.use_hook_tokens and embed_hooks and self.hook_tokens.fwd_hooks:
                     tok_np = self._validate_tokens(self._run_hook_tokens(tok_np, torch_mode))
                 B, P = tok_np.shape
                 start = 0
+                new_mask_given = True  # the mask covers the new positions only
             else:
                 if isinstance(input, (str, list)):
                     raise ValueError("with start_at_layer, input must be the residual stream [batch, pos, d_model]")
@@ -174,24 +233,41 @@ class RunMixin:
                 tok_np = _as_tokens(tokens) if tokens is not None else None
                 if tok_np is not None and tok_np.ndim == 1:
                     tok_np = tok_np[None]
-                mask = None
-                if attention_mask is not None:
-                    mask = as_attention_mask(attention_mask, (B, P))
+                # TL: with start_at_layer and a KV cache the mask spans cached + new positions
+                mask = _mask_arg(attention_mask, (B, P) if kv is None else None)
+                new_mask_given = False
+            kv_args = None
+            new_mask = mask
+            if kv is not None:
+                kv_args, mask, new_mask = self._kv_prepare(kv, B, P, mask, new_mask_given, start, stop)
             positions = None
             if mask is not None:
-                positions = np.ascontiguousarray(np.maximum(np.cumsum(mask, axis=1) - 1, 0).astype(np.int64))
-            out = self._run_engine(
-                tok_np if residual is None else None,
-                residual,
-                mask,
-                positions,
-                start,
-                stop,
-                return_type,
-                torch_mode,
-                B,
-                P,
-            )
+                past = kv_args[2] if kv_args is not None else 0
+                positions = np.ascontiguousarray(
+                    np.maximum(np.cumsum(mask, axis=1) - 1, 0)[:, past:].astype(np.int64))
+            if kv is not None:
+                kv._in_use = True
+            try:
+                out = self._run_engine(
+                    tok_np if residual is None else None,
+                    residual if embeds is None else None,
+                    mask,
+                    positions,
+                    start,
+                    stop,
+                    return_type,
+                    torch_mode,
+                    B,
+                    P,
+                    embeds=embeds,
+                    kv=kv_args,
+                    embed_hooks=embed_hooks,
+                )
+            finally:
+                if kv is not None:
+                    kv._in_use = False
+            if kv is not None:
+                kv._commit(self, P, new_mask if new_mask is not None else np.ones((B, P), np.int64), torch_mode)
         if stop is not None:
             return wrap(out, torch_mode)
         if return_type is None:
@@ -202,10 +278,38 @@ class RunMixin:
         if tok_np is None:
             raise AssertionError("tokens must be passed in if return_type is 'loss' or 'both'")
         logits_out = wrap(logits, torch_mode)
-        loss = self.loss_fn(logits_out, wrap(tok_np, torch_mode), wrap(mask, torch_mode), per_token=loss_per_token)
+        loss = self.loss_fn(logits_out, wrap(tok_np, torch_mode), wrap(new_mask, torch_mode), per_token=loss_per_token)
         if return_type == "loss":
             return loss
         return Output(logits_out, loss)
+
+    def _kv_prepare(self, kv: Any, B: int, P: int, mask: Optional[np.ndarray], new_mask_given: bool,
+                    start: int, stop: Optional[int]) -> Tuple[Tuple[list, list, int], Optional[np.ndarray], Optional[np.ndarray]]:
+        """Check the cache against this run; the engine's kv_cache argument, the mask over
+        cached + new positions (or None) and the new positions' mask (or None)."""
+        past = kv._check_for(self, B)
+        L = self.cfg.n_layers
+        if (start != 0 or (stop is not None and stop < L)) and not kv.fully_frozen:
+            raise ValueError(
+                f"past_kv_cache with start_at_layer={start} / stop_at_layer={stop} would leave the layers outside "
+                "that range without the new positions; freeze() the cache to read it without extending it")
+        if self.cfg.positional_embedding_type == "standard" and past + P > self.cfg.n_ctx:
+            raise ValueError(f"past_kv_cache holds {past} positions; {P} more exceed the model's context "
+                             f"n_ctx={self.cfg.n_ctx}")
+        if mask is None:
+            full, new = None, None
+        elif new_mask_given:
+            if mask.shape != (B, P):
+                raise ValueError(f"attention_mask has shape {tuple(mask.shape)}, expected the new positions' "
+                                 f"({B}, {P})")
+            full = np.concatenate([kv._mask, mask], axis=1)
+            new = mask
+        else:
+            if mask.shape != (B, past + P):
+                raise ValueError(f"with start_at_layer and past_kv_cache, attention_mask must cover cached + new "
+                                 f"positions ({B}, {past + P}), got {tuple(mask.shape)}")
+            full, new = mask, mask[:, past:]
+        return kv._engine_view(P), (None if full is None else np.ascontiguousarray(full)), new
 
     __call__ = forward
 
@@ -223,7 +327,22 @@ class RunMixin:
             raise
         return np.ascontiguousarray(np.asarray(to_numpy(x)).astype(np.int64))
 
-    def _fired_names(self, engine, start: int, stop: Optional[int], tokens_path: bool, final: bool, unembed: bool) -> List[str]:
+    def _fired_names(self, engine, start: int, stop: Optional[int], tokens_path: bool, final: bool, unembed: bool,
+                     embed_hook: bool = True, pos_hook: bool = True) -> List[str]:
+        """Hook points this run fires, in firing order (memoised per engine and flags: a
+        generation step would otherwise spend more time here than in a small model)."""
+        key = (start, stop, tokens_path, final, unembed, embed_hook, pos_hook, tuple(engine.get_flags().values()))
+        memo = self.__dict__.get("_fired_memo")
+        if memo is None or memo[0] is not engine:
+            memo = (engine, {})
+            self.__dict__["_fired_memo"] = memo
+        names = memo[1].get(key)
+        if names is None:
+            names = memo[1][key] = self._list_fired(engine, start, stop, tokens_path, final, unembed, embed_hook,
+                                                    pos_hook)
+        return list(names)
+
+    def _list_fired(self, engine, start, stop, tokens_path, final, unembed, embed_hook, pos_hook) -> List[str]:
         names = []
         for name in engine.hook_names():
             if name.startswith("blocks."):
@@ -238,10 +357,13 @@ class RunMixin:
                     continue
             elif not tokens_path:  # hook_embed / hook_pos_embed
                 continue
+            elif (name == "hook_embed" and not embed_hook) or (name == "hook_pos_embed" and not pos_hook):
+                continue
             names.append(name)
         return names
 
-    def _run_engine(self, tokens, residual, mask, positions, start, stop, return_type, torch_mode, B, P):
+    def _run_engine(self, tokens, residual, mask, positions, start, stop, return_type, torch_mode, B, P, *,
+                    embeds=None, kv=None, embed_hooks=True):
         engine = self._get_engine()
         loaded_files_unchanged(self)  # a weights file changed since loading: refuse (not SIGBUS)
         L = self.cfg.n_layers
@@ -249,7 +371,10 @@ class RunMixin:
         unembed = stop is None and return_type is not None
         stop_arg = None if stop is None or stop >= L else stop
         req = self._cache_request
-        fired = self._fired_names(engine, start, stop, tokens is not None, final, unembed)
+        K = P + (kv[2] if kv is not None else 0)  # keys attended: cached + new
+        tokens_path = tokens is not None or embeds is not None
+        fired = self._fired_names(engine, start, stop, tokens_path, final, unembed,
+                                  embed_hook=embed_hooks and embeds is None)
         hooks: List[Tuple[int, int]] = []
         cache: Dict[Tuple[int, int], np.ndarray] = {}
         guard = FiniteGuard(fired) if self._check_finite else None
@@ -261,7 +386,7 @@ class RunMixin:
                 hooks.append(key)
                 planned.add(name)
             elif (req is not None and req.keep(name)) or guard is not None:
-                arr = np.empty(tuple(engine.hook_shape(key[0], B, P)), dtype=np.float32)
+                arr = np.empty(tuple(engine.hook_shape(key[0], B, P, K)), dtype=np.float32)
                 cache[key] = arr
                 if req is not None and req.keep(name):
                     req.fast[name] = arr
@@ -269,7 +394,8 @@ class RunMixin:
                     guard.copies[name] = arr
         run = _RunState(torch_mode, self._name_of, fired, planned, guard)
         if req is not None:
-            req.order = (["hook_tokens"] if tokens is not None and self.cfg.use_hook_tokens else []) + fired
+            req.order = (["hook_tokens"] if tokens is not None and self.cfg.use_hook_tokens and embed_hooks
+                         else []) + fired
             req.torch_mode = torch_mode
         kwargs: Dict[str, Any] = dict(
             residual=residual,
@@ -282,6 +408,10 @@ class RunMixin:
         )
         if cache:
             kwargs["cache"] = cache
+        if embeds is not None:
+            kwargs["embeds"] = embeds
+        if kv is not None:
+            kwargs["kv_cache"] = kv
         if hooks:
             kwargs["hooks"] = hooks
             kwargs["callback"] = self._dispatch

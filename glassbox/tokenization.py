@@ -96,13 +96,13 @@ class Tokenizer:
         """
         from tokenizers import Tokenizer as _HFTok
 
-        path = str(tokenizer_json)
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"{path}: no such tokenizer.json")
+        json_path = str(tokenizer_json)
+        if not os.path.isfile(json_path):
+            raise FileNotFoundError(f"{json_path}: no such tokenizer.json")
         try:
-            backend = _HFTok.from_file(path)
+            backend = _HFTok.from_file(json_path)
         except Exception as exc:  # the tokenizers library raises plain Exception on bad files
-            raise ValueError(f"{path}: not a valid tokenizer.json ({exc})") from None
+            raise ValueError(f"{json_path}: not a valid tokenizer.json ({exc})") from None
         backend.no_padding()
         backend.no_truncation()
         folder = config_dir or os.path.dirname(str(tokenizer_json))
@@ -122,7 +122,7 @@ class Tokenizer:
         kw["padding_side"] = special.get("padding_side")
         name_or_path = overrides.pop("name_or_path", folder)
         kw.update(overrides)
-        enc, dec = _backend_codec(backend, path)
+        enc, dec = _backend_codec(backend, json_path)
         return cls(
             enc,
             dec,

@@ -10,8 +10,9 @@ classes, torch, one thread, fixed seeds) on a mix of IOI prompts (training name 
 templates only) and repeated random tokens, saves them as standard HF folders, then measures
 them *with glassbox* (held-out IOI accuracy and logit difference, induction losses and scores,
 head ablations and head patching), checks glassbox's logits against HF's, and writes each
-folder's ``README.md`` model card with those numbers. Everything printed is also written to
-``<out>/<model>/metrics.json`` of the run (not shipped).
+folder's ``README.md`` model card with those numbers. The measurements are also written to
+``<folder>/metrics.json`` and the training run's settings and final losses to
+``<folder>/training.json`` (both shipped with the weights).
 
 Needs torch and transformers (the test extras) and a built glassbox (``python setup.py
 build_ext --inplace``).
@@ -50,8 +51,10 @@ MODELS = {
 #: induction curriculum: segment lengths L in IND_MIN_LEN..IND_SHORT_LEN for the first
 #: IND_SHORT_PHASE of training, then the upper end grows linearly to IND_MAX_LEN at IND_RAMP_END;
 #: a segment is repeated 2..IND_MAX_COPIES times within IND_MAX_TOKENS tokens (BOS included)
-IND_MIN_LEN, IND_SHORT_LEN, IND_MAX_LEN = 2, 10, 40
-IND_SHORT_PHASE, IND_RAMP_END, IND_MAX_COPIES, IND_MAX_TOKENS = 0.25, 0.6, 4, 97
+IND_MIN_LEN, IND_SHORT_LEN, IND_MAX_LEN = 2, 10, 32
+IND_SHORT_PHASE, IND_RAMP_END, IND_MAX_COPIES, IND_MAX_TOKENS = 0.4, 0.7, 4, 65
+#: the --resume phase: segment lengths and the most copies (tokens distinct within a segment)
+RESUME_LEN, RESUME_COPIES = (8, 32), 3
 #: loss weight of the IOI answer token (every other target has weight 1)
 ANSWER_WEIGHT = 4.0
 
@@ -102,7 +105,7 @@ class Data:
         self.rng = np.random.default_rng(seed)
         self.bos = tok.token_to_id(BOS)
         self.pairs = tasks.name_pairs("train")
-        self.pool = np.array(sorted(i for t, i in tok.get_vocab().items() if t not in (BOS, UNK)))
+        self.pool = np.array([tok.token_to_id("\u0120" + w) for w in tasks.RANDOM_WORDS])
         self._cache: Dict[str, List[int]] = {}
 
     def encode(self, text: str) -> List[int]:
@@ -132,12 +135,22 @@ class Data:
             weight[i, len(row) - 1] = ANSWER_WEIGHT
         return toks, weight
 
+    fixed = None
+
     def induction(self, n: int, progress: float) -> Tuple[np.ndarray, np.ndarray, int]:
-        ramp = min(1.0, max(0.0, (progress - IND_SHORT_PHASE) / (IND_RAMP_END - IND_SHORT_PHASE)))
-        top = IND_SHORT_LEN + (IND_MAX_LEN - IND_SHORT_LEN) * ramp
-        L = int(self.rng.integers(IND_MIN_LEN, int(round(top)) + 1))
-        copies = int(self.rng.integers(2, max(2, min(IND_MAX_COPIES, (IND_MAX_TOKENS - 1) // L)) + 1))
-        seg = self.pool[self.rng.integers(len(self.pool), size=(n, L))]
+        if self.fixed:
+            (lo, hi), max_copies = self.fixed
+            L = int(self.rng.integers(lo, hi + 1))
+        else:
+            ramp = min(1.0, max(0.0, (progress - IND_SHORT_PHASE) / (IND_RAMP_END - IND_SHORT_PHASE)))
+            top = IND_SHORT_LEN + (IND_MAX_LEN - IND_SHORT_LEN) * ramp
+            L = int(self.rng.integers(IND_MIN_LEN, int(round(top)) + 1))
+            max_copies = IND_MAX_COPIES
+        copies = int(self.rng.integers(2, max(2, min(max_copies, (IND_MAX_TOKENS - 1) // L)) + 1))
+        if self.fixed:  # distinct tokens within a segment (as in tasks.induction_tokens)
+            seg = self.pool[np.argsort(self.rng.random((n, len(self.pool))), axis=1)[:, :L]]
+        else:
+            seg = self.pool[self.rng.integers(len(self.pool), size=(n, L))]
         toks = np.concatenate([np.full((n, 1), self.bos)] + [seg] * copies, 1).astype(np.int64)
         weight = np.ones(toks.shape, dtype=np.float32)
         weight[:, 0] = 0.0
@@ -180,13 +193,24 @@ def weighted_loss(logits, toks, weight):
     return (nll * w).sum() / w.sum(), nll.detach()
 
 
-def train(kind: str, tok, steps: int, lr: float, b_ioi: int, b_ind: int, log_every: int = 100):
+def train(kind: str, tok, steps: int, lr: float, b_ioi: int, b_ind: int, log_every: int = 100,
+          resume: Path = None):
+    """Train from scratch, or (``resume``: a saved folder) continue with the resume curriculum:
+    induction segments of RESUME_LEN[0]..RESUME_LEN[1] tokens, 2..RESUME_COPIES copies."""
     import torch
 
-    model = make_model(kind, tok.get_vocab_size())
+    if resume is None:
+        model = make_model(kind, tok.get_vocab_size())
+    else:
+        from transformers import AutoModelForCausalLM
+
+        torch.manual_seed(MODELS[kind]["seed"] + 100)
+        model = AutoModelForCausalLM.from_pretrained(str(resume))
     n_params = sum(p.numel() for p in model.parameters())
-    print(f"[{kind}] {n_params:,} parameters; {steps} steps, batch {b_ioi} IOI + {b_ind} induction")
-    data = Data(tok, seed=1000 + MODELS[kind]["seed"])
+    print(f"[{kind}] {n_params:,} parameters; {steps} steps, batch {b_ioi} IOI + {b_ind} induction"
+          + (f", resumed from {resume}" if resume else ""))
+    data = Data(tok, seed=1000 + MODELS[kind]["seed"] + (500 if resume else 0))
+    data.fixed = (RESUME_LEN, RESUME_COPIES) if resume else None
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
     no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.05},
@@ -268,7 +292,7 @@ def measure(folder: Path, seed: int = 0) -> Dict[str, Any]:
 
     # --- induction --------------------------------------------------------------------------
     ind = {}
-    for seq_len in (10, 20, 40):
+    for seq_len in (10, 20, 30):
         toks = tasks.induction_tokens(gb, batch=32, seq_len=seq_len, seed=seed)
         lg, cache = gb.run_with_cache(toks, names_filter=lambda n: n.endswith("hook_pattern"))
         ind[seq_len] = {**tasks.induction_losses(lg, toks, seq_len),
@@ -342,6 +366,17 @@ def measure(folder: Path, seed: int = 0) -> Dict[str, Any]:
 # --------------------------------------------------------------------------------------------
 # model card
 # --------------------------------------------------------------------------------------------
+def resume_lines(r: Dict[str, Any]) -> List[str]:
+    return [
+        f"Then a second phase (`--resume`: the saved weights, a fresh optimizer) for induction: "
+        f"{r['steps']} steps, lr {r['lr']:g} (same schedule), batches of {r['batch_ioi']} IOI + "
+        f"{r['batch_induction']} induction rows with segments of {RESUME_LEN[0]}..{RESUME_LEN[1]} distinct "
+        f"tokens repeated 2 to {RESUME_COPIES} times: {r['seconds'] / 60:.1f} min. Final training losses: "
+        f"IOI {r['final_ioi_loss']:.3f}, induction {r['final_induction_loss']:.3f} nats/token.",
+        "",
+    ]
+
+
 def write_card(folder: Path, kind: str, name: str, train_info: Dict[str, Any], m: Dict[str, Any],
                args: argparse.Namespace) -> None:
     cfg = json.loads((folder / "config.json").read_text())
@@ -397,8 +432,8 @@ def write_card(folder: Path, kind: str, name: str, train_info: Dict[str, Any], m
         f"{len(tasks.OBJECTS)} objects, {len(tasks.VERBS)} verbs, ABBA and BABA orders;",
         f"  only the {len(tasks.name_pairs('train'))} training name pairs (of {len(tasks.name_pairs('all'))}) "
         f"and the {len(tasks.TRAIN_TEMPLATES)} training templates (of {len(tasks.IOI_TEMPLATES)}).",
-        f"* **Induction**: `BOS` + a segment of L random tokens (uniform over the {cfg['vocab_size'] - 2} "
-        f"non-special tokens) repeated 2 to {IND_MAX_COPIES} times (at most {IND_MAX_TOKENS} tokens in all).",
+        f"* **Induction**: `BOS` + a segment of L random tokens (uniform over the {len(tasks.RANDOM_WORDS)} "
+        f"`tasks.RANDOM_WORDS`) repeated 2 to {IND_MAX_COPIES} times (at most {IND_MAX_TOKENS} tokens in all).",
         f"  Curriculum: L uniform in {IND_MIN_LEN}..{IND_SHORT_LEN} for the first {IND_SHORT_PHASE:.0%} of the "
         f"steps, then the upper end grows linearly to {IND_MAX_LEN} (reached at {IND_RAMP_END:.0%}).",
         f"  The IOI answer token has loss weight {ANSWER_WEIGHT:g}, every other target 1.",
@@ -409,10 +444,14 @@ def write_card(folder: Path, kind: str, name: str, train_info: Dict[str, Any], m
         f"{MODELS[kind]['seed']}: {train_info['seconds'] / 60:.1f} min. Final training losses: IOI "
         f"{train_info['final_ioi_loss']:.3f}, induction {train_info['final_induction_loss']:.3f} nats/token.",
         "",
+        *(resume_lines(train_info["resume"]) if "resume" in train_info else []),
         "Command (from the repository root, after `python setup.py build_ext --inplace`):",
         "",
         "```bash",
-        "OMP_NUM_THREADS=1 python scripts/train_embedded_models.py",
+        f"OMP_NUM_THREADS=1 python scripts/train_embedded_models.py --only {kind}",
+        *([f"OMP_NUM_THREADS=1 python scripts/train_embedded_models.py --only {kind} --resume "
+           f"--steps {r['steps']} --lr {r['lr']:g} --batch-ioi {r['batch_ioi']} --batch-induction {r['batch_induction']}"
+           for r in ([train_info["resume"]] if "resume" in train_info else [])]),
         "```",
         "",
         "## Measured with glassbox",
@@ -492,11 +531,13 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", default=str(ROOT / "glassbox" / "models"), help="parent folder of the model folders")
     ap.add_argument("--only", choices=sorted(MODELS), action="append", help="train only this model")
-    ap.add_argument("--steps", type=int, default=1500)
+    ap.add_argument("--steps", type=int, default=2000)
     ap.add_argument("--lr", type=float, default=4e-3)
     ap.add_argument("--batch-ioi", type=int, default=32)
     ap.add_argument("--batch-induction", type=int, default=32)
     ap.add_argument("--measure-only", action="store_true", help="re-measure saved folders, no training")
+    ap.add_argument("--resume", action="store_true",
+                    help="continue training the saved folders (fresh optimizer, the RESUME_* induction curriculum)")
     args = ap.parse_args(argv)
 
     import torch
@@ -512,7 +553,11 @@ def main(argv=None) -> int:
         if args.measure_only:
             info = json.loads(info_path.read_text())
         else:
-            model, info = train(kind, tok, args.steps, args.lr, args.batch_ioi, args.batch_induction)
+            model, info = train(kind, tok, args.steps, args.lr, args.batch_ioi, args.batch_induction,
+                                resume=folder if args.resume else None)
+            if args.resume:
+                before = json.loads(info_path.read_text())
+                info = {**before, "resume": info}
             folder.mkdir(parents=True, exist_ok=True)
             model.save_pretrained(str(folder), safe_serialization=True)
             save_tokenizer(tok, folder)

@@ -15,8 +15,8 @@ into a training part and a held-out part (:func:`name_pairs`, :data:`TRAIN_TEMPL
 :data:`HELDOUT_TEMPLATES`): the models never saw a held-out pair of names together, nor a
 held-out template, during training (every single name and word was seen).
 
-**Induction.** ``BOS r_1 ... r_L r_1 ... r_L`` with ``r_i`` drawn uniformly from the vocabulary
-(every non-special token): the first copy is unpredictable, the second is predictable only by
+**Induction.** ``BOS r_1 ... r_L r_1 ... r_L`` with ``r_i`` drawn uniformly from the 64
+:data:`RANDOM_WORDS`: the first copy is unpredictable, the second is predictable only by
 induction (attend to the token after the previous occurrence of the current token and copy it).
 
 Everything is deterministic under ``seed`` (NumPy ``default_rng``). Tokens are NumPy ``int64``
@@ -104,21 +104,13 @@ TRAIN_TEMPLATES: Tuple[int, ...] = tuple(range(12))
 #: Indices of the templates never seen in training.
 HELDOUT_TEMPLATES: Tuple[int, ...] = (12, 13, 14, 15)
 
-#: Extra words, only ever seen as random tokens in the induction sequences.
+#: The 64 words of the induction sequences (in training, only ever seen as random tokens).
 RANDOM_WORDS: Tuple[str, ...] = tuple("""
-apple river stone cloud window mountain silver orange garden winter summer candle forest
-paper table chair bottle mirror pencil button basket carpet ladder pillow rocket saddle
-tunnel violin wallet anchor bridge castle desert engine feather glacier harbor island jungle
-kettle lantern meadow needle oyster planet quartz ribbon shadow temple valley wagon yarn
-zebra tiger eagle falcon rabbit turtle spider dragon monkey parrot dolphin salmon lizard
-copper marble velvet cotton wooden golden purple yellow crimson bright gentle quiet rapid
-silent frozen hollow narrow ancient modern clever brave lucky happy angry sleepy hungry
-thirsty simple strange hidden broken empty heavy little giant tiny round sharp smooth rough
-north south east west spring autumn morning evening midnight thunder lightning rain snow
-storm breeze ocean sand pebble shell coral seed root branch leaf blossom fruit berry grain
-bread butter cheese honey pepper salt sugar tea coffee juice milk soup rice bean corn
-hammer nail screw wheel gear lever spring pulley magnet wire cable circuit signal number
-seven eleven twenty hundred thousand million first second third last next other every
+apple stone cloud window mountain silver orange winter summer candle forest paper
+table chair bottle mirror pencil button basket carpet ladder pillow rocket tunnel violin
+wallet anchor bridge castle desert engine feather island jungle kettle lantern meadow needle
+planet ribbon shadow temple valley wagon zebra tiger eagle rabbit turtle spider dragon monkey
+parrot dolphin copper marble velvet cotton purple yellow crimson gentle quiet frozen
 """.split())
 # drop accidental duplicates while keeping the order
 RANDOM_WORDS = tuple(dict.fromkeys(RANDOM_WORDS))
@@ -472,14 +464,17 @@ def _token_pool(tok: Any, pool: str) -> np.ndarray:
 
 
 def induction_tokens(model_or_tokenizer: Any, batch: int = 8, seq_len: int = 20, *, seed: int = 0,
-                     pool: str = "vocab", prepend_bos: bool = True) -> np.ndarray:
+                     pool: str = "random_words", prepend_bos: bool = True) -> np.ndarray:
     """Repeated random tokens: ``[batch, 1 + 2 * seq_len]`` int64, each row
     ``BOS r_1 .. r_seq_len r_1 .. r_seq_len`` (``[batch, 2 * seq_len]`` without the BOS).
 
-    ``r_i`` are drawn uniformly (with replacement) from ``pool``: ``"vocab"`` (every
-    non-special token, as in training) or ``"random_words"`` (only :data:`RANDOM_WORDS`).
-    The embedded models were trained on ``seq_len`` 4..48 (sequences up to 97 tokens);
-    ``n_ctx`` is 128.
+    ``r_i`` are drawn uniformly from ``pool``, distinct within a row when ``seq_len`` is at
+    most the pool size (so every token of the second copy has exactly one earlier occurrence, as
+    with a large vocabulary; with replacement otherwise): ``"random_words"`` (the 64
+    :data:`RANDOM_WORDS`, as in training; default) or ``"vocab"`` (every non-special token:
+    induction on names and template words, which the models never saw repeated at random).
+    The embedded models were trained on segments of up to 32 tokens repeated 2..4 times (rows of
+    at most 65 tokens); ``n_ctx`` is 128.
     """
     for name, v in (("batch", batch), ("seq_len", seq_len)):
         if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < 1:
@@ -487,7 +482,10 @@ def induction_tokens(model_or_tokenizer: Any, batch: int = 8, seq_len: int = 20,
     tok = get_tokenizer(model_or_tokenizer)
     ids = _token_pool(tok, pool)
     rng = np.random.default_rng(seed)
-    half = ids[rng.integers(len(ids), size=(int(batch), int(seq_len)))]
+    if seq_len <= len(ids):  # distinct tokens within a row, as a large vocabulary would give
+        half = ids[np.argsort(rng.random((int(batch), len(ids))), axis=1)[:, :int(seq_len)]]
+    else:
+        half = ids[rng.integers(len(ids), size=(int(batch), int(seq_len)))]
     parts = [half, half]
     if prepend_bos:
         if tok.bos_token_id is None:

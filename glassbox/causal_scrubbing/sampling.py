@@ -177,7 +177,7 @@ def sampling_plan(hypothesis: Hypothesis, tokens: Any, seed: int = 0,
     toks = check_tokens(tokens)
     refs = check_references(references, toks.shape[0])
     groups, parents = [], []
-    for idx, parent, node in hypothesis.walk():
+    for _, parent, node in hypothesis.walk():
         parents.append(parent)
         groups.append(None if node is None else Groups(feature_codes(node.feature, toks, node.describe_site())))
     return draw_plan(groups, parents, refs, toks.shape[0], check_seed(seed), node_labels(hypothesis))

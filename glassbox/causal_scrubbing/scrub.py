@@ -21,7 +21,7 @@ Scheme (see ``docs/causal-scrubbing.md``):
 from __future__ import annotations
 
 import time
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Optional, Sequence
 
 import numpy as np
 

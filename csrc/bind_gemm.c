@@ -403,11 +403,17 @@ py_gemm(PyObject *self, PyObject *args, PyObject *kwds)
     const float *bias_ptr = bias ? (const float *)PyArray_DATA(bias) : NULL;
     float *c_ptr = (float *)PyArray_DATA(C);
     int rc;
+    /* Ctrl-C stops a long product (not one accumulating into the caller's array: that would
+     * leave it half updated) */
+    const int armed = accumulate ? 0 : gb_interrupt_begin();
     Py_BEGIN_ALLOW_THREADS
     rc = isa_name ? gb_gemm_isa(isa, c_ptr, cst[0], a_ptr, ast[0], &mat, bias_ptr, M,
                                 accumulate)
                   : gb_gemm(c_ptr, cst[0], a_ptr, ast[0], &mat, bias_ptr, M, accumulate);
     Py_END_ALLOW_THREADS
+    if (gb_interrupt_end(armed) < 0) {
+        goto fail;
+    }
     if (rc != 0) {
         PyErr_SetString(PyExc_MemoryError, "gemm: kernel failed (out of memory)");
         goto fail;

@@ -494,6 +494,7 @@ static int model_ready(GbModel *self) {
 typedef struct {
     PyThreadState *tstate;
     PyObject *callback;
+    int armed; /* Ctrl-C stops this run's kernels (interrupt.c) */
 } call_ctx;
 
 static PyObject *site_name(int site, int layer) {
@@ -504,6 +505,7 @@ static PyObject *site_name(int site, int layer) {
 static int bridge_call(void *vctx, int site, int layer, int call_index, float *data, int ndim,
                        const int64_t *shape) {
     call_ctx *ctx = vctx;
+    if (ctx->armed && gb_interrupt_pending()) return -1; /* kernels stopped: no partial result to hooks */
     PyEval_RestoreThread(ctx->tstate);
     int rc = -1;
     npy_intp dims[4];
@@ -550,6 +552,7 @@ out:
 
 static int bridge_poll(void *vctx) {
     call_ctx *ctx = vctx;
+    if (ctx->armed && gb_interrupt_pending()) return 1; /* kernels stopped: gb_interrupt_end raises */
     PyEval_RestoreThread(ctx->tstate);
     int rc = PyErr_CheckSignals();
     ctx->tstate = PyEval_SaveThread();
@@ -868,12 +871,17 @@ static PyObject *Model_forward(GbModel *self, PyObject *args, PyObject *kwds) {
     char errbuf[256] = {0};
     Py_INCREF(self); /* a hook may drop the last other reference */
     self->running++;
+    const int armed = gb_interrupt_begin(); /* Ctrl-C stops the kernels, not just between layers */
+    ctx.armed = armed;
     ctx.tstate = PyEval_SaveThread();
     int rc = gb_forward(c, &self->w, &plan, &run, errbuf, sizeof errbuf);
     PyEval_RestoreThread(ctx.tstate);
+    const int interrupted = gb_interrupt_end(armed) < 0;
     self->running--;
     Py_DECREF(self);
-    if (rc == GB_ERR_NOMEM) {
+    if (interrupted) {
+        goto fail; /* KeyboardInterrupt (or the run's own exception) is set */
+    } else if (rc == GB_ERR_NOMEM) {
         PyErr_NoMemory();
         goto fail;
     } else if (rc == GB_ERR_ARG) {

@@ -133,10 +133,11 @@ static int gemm_scalar_blocks(float *C, int64_t ldc, const float *A, int64_t lda
     const uint8_t *data = (const uint8_t *)B->data;
     int nthreads = 1;
 #ifdef _OPENMP
-    if (M * N * K > 100000) nthreads = omp_get_max_threads();
+    if (M * N * K > 100000) nthreads = gb_max_threads();
 #endif
     float *rows = malloc((size_t)nthreads * (size_t)K * sizeof(float));
     if (!rows) return -1;
+    const gb_stop_flag *stop = gb_stop_token();
 #ifdef _OPENMP
 #pragma omp parallel num_threads(nthreads)
 #endif
@@ -150,6 +151,7 @@ static int gemm_scalar_blocks(float *C, int64_t ldc, const float *A, int64_t lda
 #pragma omp for schedule(static)
 #endif
         for (int64_t n = 0; n < N; n++) {
+            if (gb_stop_requested(stop)) continue; /* interrupted: C is discarded */
             gb_dequantize_row_isa(GB_ISA_SCALAR, w, data + n * rb, B->dtype, K);
             for (int64_t m = 0; m < M; m++) {
                 const float *a = A + m * lda;
@@ -174,15 +176,17 @@ static int gemm_scalar(float *C, int64_t ldc, const float *A, int64_t lda,
     const void *data = B->data;
     const int dtype = B->dtype;
     if (is_block(dtype)) return gemm_scalar_blocks(C, ldc, A, lda, B, bias, M, accumulate);
+    const gb_stop_flag *stop = gb_stop_token();
     if (B->trans) {
         /* B(k, n) = data[n*ld + k]: a dot product along contiguous memory. */
 #ifdef _OPENMP
-#pragma omp parallel for schedule(static) if (M * N * K > 100000)
+#pragma omp parallel for schedule(static) if (M * N * K > 100000) num_threads(gb_max_threads())
 #endif
         for (int64_t m = 0; m < M; m++) {
             const float *a = A + m * lda;
             float *c = C + m * ldc;
             for (int64_t n = 0; n < N; n++) {
+                if (gb_stop_requested(stop)) break; /* interrupted: C is discarded */
                 float s = 0.0f;
                 for (int64_t k = 0; k < K; k++)
                     s += a[k] * load_elem(data, dtype, n * B->ld + k);
@@ -196,12 +200,12 @@ static int gemm_scalar(float *C, int64_t ldc, const float *A, int64_t lda,
      * per-column sums in a row buffer; same summation order as above. */
     int nthreads = 1;
 #ifdef _OPENMP
-    nthreads = omp_get_max_threads();
+    nthreads = gb_max_threads();
 #endif
     float *sums = malloc((size_t)nthreads * (size_t)(N > 0 ? N : 1) * sizeof(float));
     if (!sums) return -1;
 #ifdef _OPENMP
-#pragma omp parallel for schedule(static) if (M * N * K > 100000)
+#pragma omp parallel for schedule(static) if (M * N * K > 100000) num_threads(nthreads)
 #endif
     for (int64_t m = 0; m < M; m++) {
         int tid = 0;
@@ -213,6 +217,7 @@ static int gemm_scalar(float *C, int64_t ldc, const float *A, int64_t lda,
         float *c = C + m * ldc;
         for (int64_t n = 0; n < N; n++) s[n] = 0.0f;
         for (int64_t k = 0; k < K; k++) {
+            if (gb_stop_requested(stop)) break; /* interrupted: C is discarded */
             const float ak = a[k];
             for (int64_t n = 0; n < N; n++)
                 s[n] += ak * load_elem(data, dtype, b_offset(B, k, n));
@@ -348,10 +353,12 @@ static int gemm_dot_avx2(float *C, int64_t ldc, const float *A, int64_t lda,
                          const gb_matrix *B, const float *bias, int64_t M,
                          int accumulate) {
     const int64_t N = B->N, NB = 64, nblocks = (N + NB - 1) / NB;
+    const gb_stop_flag *stop = gb_stop_token();
 #ifdef _OPENMP
-#pragma omp parallel for schedule(static) if (M * N * B->K >= 200000)
+#pragma omp parallel for schedule(static) if (M * N * B->K >= 200000) num_threads(gb_max_threads())
 #endif
     for (int64_t blk = 0; blk < nblocks; blk++) {
+        if (gb_stop_requested(stop)) continue; /* interrupted: C is discarded */
         const int64_t n0 = blk * NB, n1 = n0 + NB < N ? n0 + NB : N;
         gb_gemm_dot_avx2(C, ldc, A, lda, (const float *)B->data, B->ld, M, B->K, n0,
                          n1, accumulate, bias);
@@ -371,11 +378,12 @@ static int gemm_dot_blocks_avx2(float *C, int64_t ldc, const float *A, int64_t l
     const uint8_t *data = (const uint8_t *)B->data;
     int nthreads = 1;
 #ifdef _OPENMP
-    if (M * N * K >= 200000) nthreads = omp_get_max_threads();
+    if (M * N * K >= 200000) nthreads = gb_max_threads();
 #endif
     const size_t per_thread = ((size_t)(RB * K) + 15) / 16 * 16; /* 64 B multiples */
     float *bufs = aligned_alloc(64, (size_t)nthreads * per_thread * sizeof(float));
     if (!bufs) return -1;
+    const gb_stop_flag *stop = gb_stop_token();
 #ifdef _OPENMP
 #pragma omp parallel num_threads(nthreads)
 #endif
@@ -389,6 +397,7 @@ static int gemm_dot_blocks_avx2(float *C, int64_t ldc, const float *A, int64_t l
 #pragma omp for schedule(static)
 #endif
         for (int64_t blk = 0; blk < nblocks; blk++) {
+            if (gb_stop_requested(stop)) continue; /* interrupted: C is discarded */
             const int64_t n1 = blk * NB + NB < N ? blk * NB + NB : N;
             for (int64_t n0 = blk * NB; n0 < n1; n0 += RB) {
                 const int64_t r = n1 - n0 < RB ? n1 - n0 : RB;
@@ -444,7 +453,7 @@ __attribute__((unused)) static int gemm_blocked(const gb_gemm_kernel *kern, floa
     const int64_t KC = be > 1 ? (kern->kc >= be ? kern->kc / be * be : be) : kern->kc;
     int nthreads = 1;
 #ifdef _OPENMP
-    nthreads = omp_get_max_threads();
+    nthreads = gb_max_threads();
     if (M * N * K < 200000) nthreads = 1; /* not worth a fork/join */
 #endif
     const int64_t npanels = ceil_div(N, NR);
@@ -473,6 +482,7 @@ __attribute__((unused)) static int gemm_blocked(const gb_gemm_kernel *kern, floa
     const size_t per_thread = (bfl + afl + sfl + 15) / 16 * 16; /* keep 64 B alignment */
     float *bufs = aligned_alloc(64, (size_t)nthreads * per_thread * sizeof(float));
     if (!bufs) return -1;
+    const gb_stop_flag *stop = gb_stop_token();
 
 #ifdef _OPENMP
 #pragma omp parallel num_threads(nthreads)
@@ -494,6 +504,7 @@ __attribute__((unused)) static int gemm_blocked(const gb_gemm_kernel *kern, floa
 #pragma omp for schedule(static)
 #endif
             for (int64_t item = 0; item < nitems; item++) {
+                if (gb_stop_requested(stop)) continue; /* interrupted: C is discarded */
                 /* chunk-major: a thread's consecutive items share an A block */
                 const int64_t mc = item / npanels, j = item % npanels;
                 const int64_t m0 = mc * mchunk;

@@ -20,16 +20,14 @@ from glassbox.tokenization import Tokenizer
 from glassbox import hook_points, utilities, components, config  # noqa: E402,F401
 from glassbox import lens, visualization  # noqa: E402,F401
 
-try:  # modules owned by colleagues; optional while they land
-    from glassbox.FactoredMatrix import FactoredMatrix  # noqa: F401
-except ImportError:  # pragma: no cover
-    pass
+from glassbox.FactoredMatrix import FactoredMatrix  # noqa: E402
 
 __version__ = "0.1.0"
 
 __all__ = [
     "HookedTransformer",
     "HookedTransformerConfig",
+    "FactoredMatrix",
     "ActivationCache",
     "HookedRootModule",
     "HookPoint",

@@ -115,6 +115,15 @@ def get_matrix_corner(tensor: Any, n: int = 3) -> Any:
     return get_corner(tensor, n)
 
 
+def composition_scores(left: Any, right: Any, broadcast_dims: bool = True) -> Any:
+    """Composition scores ``|L R|_F / (|L|_F |R|_F)`` of FactoredMatrix (or dense) circuits, e.g.
+    ``composition_scores(model.OV, model.QK)`` -> ``[n_layers, n_heads, n_layers, n_heads]``.
+    See :func:`glassbox.utilities.matrix.composition_scores`."""
+    from glassbox.utilities.matrix import composition_scores as scores
+
+    return scores(left, right, broadcast_dims=broadcast_dims)
+
+
 def transpose(tensor: Any) -> Any:
     """Swap the last two dimensions."""
     if is_torch(tensor):
@@ -451,6 +460,7 @@ __all__ = [
     "get_corner",
     "get_matrix_corner",
     "transpose",
+    "composition_scores",
     "get_cumsum_along_dim",
     "get_offset_position_ids",
     "gelu_new",

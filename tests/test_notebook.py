@@ -56,7 +56,7 @@ def _check(summary, nb):
     assert pngs >= 6, pngs
     html = [o["data"]["text/html"] for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])
             if "text/html" in o.get("data", {})]
-    assert any("<canvas" in (h if isinstance(h, str) else "".join(h)) for h in html), "attention view not inline"
+    assert any("gbav-wrap" in (h if isinstance(h, str) else "".join(h)) for h in html), "attention view not inline"
     # logit lens: one read-out per layer + final, the final read-out is the model's output
     ll = summary["logit_lens"]
     assert len(ll["rank_last_pos"]) == m["n_layers"] + 1

@@ -273,8 +273,8 @@ def _parts(kind: str):
 
 
 def _model(d: Draw):
-    cfg, w = _parts(d.pick(["gpt2", "llama"]))
-    cfg, w = dict(cfg), dict(w)
+    cfg, w0 = _parts(d.pick(["gpt2", "llama"]))
+    cfg, w = dict(cfg), dict(w0)
     for _ in range(d.below(4)):
         key = d.pick(sorted(cfg))
         v = cfg[key]
@@ -290,7 +290,7 @@ def _model(d: Draw):
         cfg.pop(d.pick(sorted(cfg)))
     for _ in range(d.below(4)):
         key = d.pick(sorted(w))
-        v = w[key]
+        v = w0.get(key, w[key])  # the original's shape (w[key] may already be a huge view)
         r = d.below(4)
         if r == 0:
             del w[key]

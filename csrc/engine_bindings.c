@@ -382,6 +382,15 @@ static int Model_init(GbModel *self, PyObject *args, PyObject *kwds) {
     }
     if (check_flags(&c)) return -1;
 
+    /* every layer has its own attention weights: a layer count the weights cannot back is an
+     * error here, not a MemoryError from allocating per-layer tables for it */
+    if (c.n_layers > PyDict_Size(weights)) {
+        PyErr_Format(PyExc_ValueError,
+                     "Model: n_layers = %lld but weights holds only %zd entries (each layer needs "
+                     "its own attention and MLP weights)",
+                     (long long)c.n_layers, PyDict_Size(weights));
+        return -1;
+    }
     const int64_t L = c.n_layers, D = c.d_model, H = c.n_heads, G = c.n_kv_heads, d = c.d_head,
                   Dm = c.d_mlp;
     PyObject *arrays = PyDict_New();

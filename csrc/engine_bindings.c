@@ -8,6 +8,7 @@
  */
 #include <string.h>
 
+#include "argcheck.h"
 #include "bindings.h"
 #include "engine.h"
 
@@ -66,11 +67,17 @@ static int cfg_int(PyObject *cfg, const char *key, int required, int64_t dflt, i
         *out = dflt;
         return 0;
     }
-    long long x = PyLong_AsLongLong(v);
-    if (x == -1 && PyErr_Occurred()) {
+    if (PyBool_Check(v) || !PyLong_Check(v)) {
         PyErr_Format(PyExc_TypeError, "engine config '%s' must be an int, got %R", key, v);
         return -1;
     }
+    int overflow = 0;
+    long long x = PyLong_AsLongLongAndOverflow(v, &overflow);
+    if (overflow) {
+        PyErr_Format(PyExc_ValueError, "engine config '%s' = %R does not fit in int64", key, v);
+        return -1;
+    }
+    if (x == -1 && PyErr_Occurred()) return -1;
     *out = x;
     return 0;
 }
@@ -210,10 +217,10 @@ static int matrix_weight(GbModel *self, PyObject *weights, const char *name, int
     PyObject *v = PyDict_GetItemString(weights, name);
     int err = 0;
     if (v && PyTuple_Check(v)) {
-        PyObject *storage, *tag;
+        PyObject *storage, *tag, *rows_o, *cols_o;
         const char *dtype_s;
-        long long rows, cols;
-        if (!PyArg_ParseTuple(v, "OOsLL", &tag, &storage, &dtype_s, &rows, &cols) ||
+        int64_t rows, cols;
+        if (!PyArg_ParseTuple(v, "OOsOO", &tag, &storage, &dtype_s, &rows_o, &cols_o) ||
             !PyUnicode_Check(tag) || PyUnicode_CompareWithASCIIString(tag, "rows") != 0) {
             PyErr_Clear();
             PyErr_Format(PyExc_TypeError,
@@ -221,11 +228,14 @@ static int matrix_weight(GbModel *self, PyObject *weights, const char *name, int
                          name);
             return -1;
         }
+        if (gb_arg_i64(rows_o, name, "n_rows", 0, &rows) < 0 ||
+            gb_arg_i64(cols_o, name, "n_cols", 0, &cols) < 0)
+            return -1;
         int dt = 0;
         if (lookup_name("weight dtype", dtype_s, dtype_names, GB_DTYPE_COUNT, &dt)) return -1;
         if (rows != N || cols != K) {
             PyErr_Format(PyExc_ValueError, "weight '%s' stored as [%lld, %lld] rows, expected [%lld, %lld]",
-                         name, rows, cols, (long long)N, (long long)K);
+                         name, (long long)rows, (long long)cols, (long long)N, (long long)K);
             return -1;
         }
         if (K % gb_dtype_block_elems(dt)) {
@@ -237,7 +247,13 @@ static int matrix_weight(GbModel *self, PyObject *weights, const char *name, int
             PyErr_Format(PyExc_TypeError, "weight '%s': storage must be a C-contiguous numpy array", name);
             return -1;
         }
-        int64_t want = N * gb_dtype_row_bytes(dt, K);
+        int64_t want, rb = gb_dtype_row_bytes(dt, K);
+        if (rb < 0) {
+            PyErr_Format(PyExc_ValueError, "weight '%s': a %s row of %lld elements does not fit in int64 bytes",
+                         name, dtype_s, (long long)K);
+            return -1;
+        }
+        if (gb_mul(N, rb, &want, name, "the bytes of its stored rows (n_rows * row bytes)") < 0) return -1;
         if ((int64_t)PyArray_NBYTES((PyArrayObject *)storage) != want) {
             PyErr_Format(PyExc_ValueError, "weight '%s': %s storage of [%lld, %lld] needs %lld bytes, got %lld",
                          name, dtype_s, (long long)N, (long long)K, (long long)want,
@@ -339,6 +355,20 @@ static int Model_init(GbModel *self, PyObject *args, PyObject *kwds) {
                      (long long)c.d_vocab, (long long)c.n_ctx);
         return -1;
     }
+    {
+        /* products of config sizes that shape weights and per-token buffers: checked here so
+         * that no shape check below compares against a wrapped product */
+        int64_t t;
+        if (gb_mul(c.n_heads, c.d_head, &t, "Model", "n_heads * d_head") < 0 ||
+            gb_mul(c.n_kv_heads, c.d_head, &t, "Model", "n_key_value_heads * d_head") < 0 ||
+            gb_mul3(c.n_heads, c.d_head, c.d_model, &t, "Model", "n_heads * d_head * d_model") < 0 ||
+            gb_mul(c.d_vocab, c.d_model, &t, "Model", "d_vocab * d_model") < 0 ||
+            gb_mul(c.d_mlp, c.d_model, &t, "Model", "d_mlp * d_model") < 0 ||
+            gb_mul(c.n_ctx, c.d_model, &t, "Model", "n_ctx * d_model") < 0 ||
+            gb_mul3(c.n_heads > c.n_kv_heads ? c.n_heads : c.n_kv_heads, c.d_model, 3, &t, "Model",
+                    "3 * max(n_heads, n_key_value_heads) * d_model") < 0)
+            return -1;
+    }
     if (!(c.attn_scale > 0.0f)) {
         PyErr_Format(PyExc_ValueError, "attn_scale must be positive, got %R",
                      PyDict_GetItemString(cfg, "attn_scale"));
@@ -352,6 +382,15 @@ static int Model_init(GbModel *self, PyObject *args, PyObject *kwds) {
     }
     if (check_flags(&c)) return -1;
 
+    /* every layer has its own attention weights: a layer count the weights cannot back is an
+     * error here, not a MemoryError from allocating per-layer tables for it */
+    if (c.n_layers > PyDict_Size(weights)) {
+        PyErr_Format(PyExc_ValueError,
+                     "Model: n_layers = %lld but weights holds only %zd entries (each layer needs "
+                     "its own attention and MLP weights)",
+                     (long long)c.n_layers, PyDict_Size(weights));
+        return -1;
+    }
     const int64_t L = c.n_layers, D = c.d_model, H = c.n_heads, G = c.n_kv_heads, d = c.d_head,
                   Dm = c.d_mlp;
     PyObject *arrays = PyDict_New();
@@ -396,8 +435,8 @@ static int Model_init(GbModel *self, PyObject *args, PyObject *kwds) {
     PyObject *WU = err ? NULL : PyDict_GetItemString(weights, "unembed.W_U");
     if (!err) {
         if (WU && PyTuple_Check(WU) && PyTuple_GET_SIZE(WU) == 5) {
-            long long rows = PyLong_AsLongLong(PyTuple_GET_ITEM(WU, 3));
-            if (rows == -1 && PyErr_Occurred()) err = 1;
+            int64_t rows = 0;
+            if (gb_arg_i64(PyTuple_GET_ITEM(WU, 3), "unembed.W_U", "n_rows", 0, &rows) < 0) err = 1;
             c.d_vocab_out = rows;
         } else if (WU && PyArray_Check(WU) && PyArray_NDIM((PyArrayObject *)WU) == 2) {
             c.d_vocab_out = PyArray_DIM((PyArrayObject *)WU, 1);
@@ -464,6 +503,7 @@ static int model_ready(GbModel *self) {
 typedef struct {
     PyThreadState *tstate;
     PyObject *callback;
+    int armed; /* Ctrl-C stops this run's kernels (interrupt.c) */
 } call_ctx;
 
 static PyObject *site_name(int site, int layer) {
@@ -474,6 +514,7 @@ static PyObject *site_name(int site, int layer) {
 static int bridge_call(void *vctx, int site, int layer, int call_index, float *data, int ndim,
                        const int64_t *shape) {
     call_ctx *ctx = vctx;
+    if (ctx->armed && gb_interrupt_pending()) return -1; /* kernels stopped: no partial result to hooks */
     PyEval_RestoreThread(ctx->tstate);
     int rc = -1;
     npy_intp dims[4];
@@ -520,6 +561,7 @@ out:
 
 static int bridge_poll(void *vctx) {
     call_ctx *ctx = vctx;
+    if (ctx->armed && gb_interrupt_pending()) return 1; /* kernels stopped: gb_interrupt_end raises */
     PyEval_RestoreThread(ctx->tstate);
     int rc = PyErr_CheckSignals();
     ctx->tstate = PyEval_SaveThread();
@@ -838,12 +880,17 @@ static PyObject *Model_forward(GbModel *self, PyObject *args, PyObject *kwds) {
     char errbuf[256] = {0};
     Py_INCREF(self); /* a hook may drop the last other reference */
     self->running++;
+    const int armed = gb_interrupt_begin(); /* Ctrl-C stops the kernels, not just between layers */
+    ctx.armed = armed;
     ctx.tstate = PyEval_SaveThread();
     int rc = gb_forward(c, &self->w, &plan, &run, errbuf, sizeof errbuf);
     PyEval_RestoreThread(ctx.tstate);
+    const int interrupted = gb_interrupt_end(armed) < 0;
     self->running--;
     Py_DECREF(self);
-    if (rc == GB_ERR_NOMEM) {
+    if (interrupted) {
+        goto fail; /* KeyboardInterrupt (or the run's own exception) is set */
+    } else if (rc == GB_ERR_NOMEM) {
         PyErr_NoMemory();
         goto fail;
     } else if (rc == GB_ERR_ARG) {

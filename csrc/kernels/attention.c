@@ -290,11 +290,15 @@ static row_fn pick_row(int which) {
 /* Run fn over all B*H*P rows; `work` (multiply-adds) gates parallelism. */
 static void run_rows(row_fn fn, const attn_ctx *c, int64_t work) {
     const int64_t R = c->s->B * c->s->H * c->s->P;
+    const gb_stop_flag *stop = gb_stop_token();
     (void)work;
 #ifdef _OPENMP
-#pragma omp parallel for schedule(dynamic, 4) if (work >= GB_ATTN_PAR_MIN)
+#pragma omp parallel for schedule(dynamic, 4) if (work >= GB_ATTN_PAR_MIN) num_threads(gb_max_threads())
 #endif
-    for (int64_t r = 0; r < R; r++) fn(c, r);
+    for (int64_t r = 0; r < R; r++) {
+        if (gb_stop_requested(stop)) continue; /* interrupted: the caller discards the result */
+        fn(c, r);
+    }
 }
 
 static attn_ctx make_ctx(const gb_attn_shape *s, float *z, float *scores, float *pattern,
@@ -332,15 +336,17 @@ static int attention_blocked(float *z, float *scores, float *pattern, const floa
     const int64_t nqb = (P + QB - 1) / QB, tasks = B * H * nqb;
     int nthreads = 1;
 #ifdef _OPENMP
-    if (tasks > 1 && tasks * QB * K * d >= GB_ATTN_PAR_MIN) nthreads = omp_get_max_threads();
+    if (tasks > 1 && tasks * QB * K * d >= GB_ATTN_PAR_MIN) nthreads = gb_max_threads();
 #endif
     float *buf = (float *)malloc((size_t)(nthreads * QB * K) * sizeof(float));
     if (!buf) return -1;
     int failed = 0;
+    const gb_stop_flag *stop = gb_stop_token();
 #ifdef _OPENMP
 #pragma omp parallel for schedule(dynamic, 1) num_threads(nthreads) if (nthreads > 1) reduction(|| : failed)
 #endif
     for (int64_t t = 0; t < tasks; t++) {
+        if (gb_stop_requested(stop)) continue; /* interrupted: the caller discards the result */
         int tid = 0;
 #ifdef _OPENMP
         tid = omp_get_thread_num();
@@ -421,8 +427,9 @@ int gb_attention(float *z, float *scores, float *pattern, const float *q,
      * materialises the pattern (then the softmax runs in its rows). */
     float *scratch = NULL;
     int64_t nthreads = 1;
+    const gb_stop_flag *stop = gb_stop_token();
 #ifdef _OPENMP
-    if (work >= GB_ATTN_PAR_MIN) nthreads = omp_get_max_threads();
+    if (work >= GB_ATTN_PAR_MIN) nthreads = gb_max_threads();
 #endif
     if (!pattern) {
         scratch = (float *)malloc((size_t)(nthreads * s->K) * sizeof(float));
@@ -437,7 +444,10 @@ int gb_attention(float *z, float *scores, float *pattern, const float *q,
         if (scratch) scr = scratch + (int64_t)omp_get_thread_num() * s->K;
 #pragma omp for schedule(dynamic, 4)
 #endif
-        for (int64_t r = 0; r < R; r++) fn(&c, r, scr);
+        for (int64_t r = 0; r < R; r++) {
+            if (gb_stop_requested(stop)) continue; /* interrupted: the caller discards the result */
+            fn(&c, r, scr);
+        }
     }
     free(scratch);
     return 0;

@@ -14,6 +14,7 @@
 #ifndef GLASSBOX_KERNELS_H
 #define GLASSBOX_KERNELS_H
 
+#include <stdatomic.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -41,6 +42,31 @@ int gb_isa_supported(gb_isa isa);
 /* Select an ISA at run time (tests). Returns 0 on success, -1 if unsupported. */
 int gb_isa_set(gb_isa isa);
 const char *gb_isa_forced_error(void);
+
+/* -------------------------------------------------------------- threads */
+/* Threads a kernel may use: omp_get_max_threads(), or 1 in a process forked after glassbox
+ * was imported (libgomp's pool cannot start threads in a forked child: a larger team would
+ * hang).  Every parallel region passes it (or a count derived from it) to num_threads(). */
+int gb_max_threads(void);
+/* 1 in a forked child (see gb_max_threads). */
+int gb_in_forked_child(void);
+
+/* ------------------------------------------------------------ stopping */
+/* Long kernels (GEMM, attention) poll a stop flag per block of work and skip the rest of
+ * their work once it is raised (their output is then garbage: the caller must discard it).
+ * The flag is only visible to calls made from a thread that armed it (gb_stop_arm(1)): a
+ * kernel takes gb_stop_token() once, in the calling thread, and its OpenMP workers poll
+ * through that pointer.  gb_stop_request() is async-signal-safe (the bridge's SIGINT
+ * handler calls it). */
+typedef atomic_int gb_stop_flag;
+const gb_stop_flag *gb_stop_token(void);
+static inline int gb_stop_requested(const gb_stop_flag *token) {
+    return atomic_load_explicit(token, memory_order_relaxed) != 0;
+}
+void gb_stop_arm(int on);
+void gb_stop_request(void);
+void gb_stop_clear(void);
+int gb_stop_pending(void);
 
 /* ----------------------------------------------------------------- GEMM */
 /* Weight storage types. Floating types work in both layouts; the GGUF block

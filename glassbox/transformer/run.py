@@ -3,7 +3,6 @@ handed to the engine, hook dispatch, and ``run_with_cache``.
 """
 from __future__ import annotations
 
-import logging
 from typing import Any, Dict, List, NamedTuple, Optional, Tuple, Union
 
 import numpy as np
@@ -12,7 +11,10 @@ from glassbox import utils
 from glassbox.ActivationCache import ActivationCache
 from glassbox.arrays import asarray_f32, is_torch, to_numpy, wants_torch, wrap
 from glassbox.hook_points import HookPoint, NamesFilter, _make_names_filter, _store_activation
+from glassbox.loading.mapped import loaded_files_unchanged
 from glassbox.utils import USE_DEFAULT_VALUE, LocallyOverridenDefaults, Slice
+from glassbox.transformer.checks import (FiniteGuard, as_attention_mask, as_token_array, check_return_type,
+                                         check_tokens, resolve_layer)
 
 
 class Output(NamedTuple):
@@ -25,11 +27,27 @@ class Output(NamedTuple):
 class _RunState:
     """Per-forward bookkeeping shared with the engine callback."""
 
-    __slots__ = ("torch_mode", "site_names")
+    __slots__ = ("torch_mode", "site_names", "fired", "planned", "position", "guard")
 
-    def __init__(self, torch_mode: bool, site_names: Dict[Tuple[int, int], str]):
+    def __init__(self, torch_mode: bool, site_names: Dict[Tuple[int, int], str], fired: List[str],
+                 planned: set, guard: Optional[FiniteGuard] = None):
         self.torch_mode = torch_mode
         self.site_names = site_names
+        self.fired = {name: i for i, name in enumerate(fired)}  # firing rank of each point
+        self.planned = planned  # points the engine calls back at in this run
+        self.position = -1  # rank of the point being dispatched
+        self.guard = guard
+
+    def refuse_new_hook(self, name: str) -> Optional[str]:
+        """Why a hook added now at ``name`` could not fire in this run (None if it can, or if the
+        point has already fired — then, as in TransformerLens, it fires from the next run on)."""
+        rank = self.fired.get(name)
+        if rank is None or rank <= self.position or name in self.planned:
+            return None
+        return (f"a hook was added to {name!r} while a forward pass is running, before that point "
+                f"fired; glassbox fixes which points call into Python when the pass starts, so it "
+                f"would not fire in this pass (TransformerLens would run it). Add the hook before "
+                f"the run (e.g. in fwd_hooks=[...]), or add it to a point that already has a hook")
 
 
 class _CacheRequest:
@@ -47,10 +65,17 @@ def _c_module():
     try:
         from glassbox import _C
     except ImportError as exc:  # pragma: no cover - depends on the build
-        raise ImportError(
-            "glassbox's C extension (glassbox._C) is not built; run "
-            "`python setup.py build_ext --inplace` or `pip install .`"
-        ) from exc
+        import os
+
+        pkg = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        if os.path.exists(os.path.join(os.path.dirname(pkg), "setup.py")):
+            where = (f"glassbox was imported from its source tree ({pkg}), which has no built "
+                     "extension: the folder you are in shadows any installed copy. Run "
+                     "`pip install -e .` here (it builds glassbox/_C in place), or run from "
+                     "another folder")
+        else:
+            where = "reinstall glassbox (`pip install --force-reinstall glassbox-lens`)"
+        raise ImportError(f"glassbox's C extension (glassbox._C) is not available: {where}") from exc
     return _C
 
 
@@ -65,27 +90,16 @@ def _note(exc: BaseException, hook_name: str) -> None:
 
 
 def _as_tokens(x: Any) -> np.ndarray:
-    """Token input (tensor / ndarray / list of ints) → int64 ndarray, checked."""
-    arr = np.asarray(to_numpy(x))
-    if arr.dtype == object:
-        raise ValueError("tokens must be a rectangular array of integers")
-    if arr.dtype.kind == "b" or arr.dtype.kind not in "iu":
-        if arr.dtype.kind == "f" and arr.ndim == 3:
-            raise ValueError(
-                "got a float array of shape [batch, pos, d_model]: pass start_at_layer= to run from a residual stream"
-            )
-        raise ValueError(f"tokens must be integers, got dtype {arr.dtype}")
-    if arr.ndim not in (1, 2):
-        raise ValueError(f"tokens must have shape [batch, pos] or [pos], got {tuple(arr.shape)}")
-    return np.ascontiguousarray(arr.astype(np.int64))
+    """Token input (tensor / ndarray / list of ints) → int64 ndarray [batch, pos] or [pos]."""
+    return np.ascontiguousarray(as_token_array(x), dtype=np.int64)
 
 
-def _mask_arg(attention_mask: Any) -> Optional[np.ndarray]:
-    """A user attention mask → int64 [batch, pos] (or None)."""
+def _mask_arg(attention_mask: Any, shape: Optional[Tuple[int, int]]) -> Optional[np.ndarray]:
+    """A user attention mask → int64 [batch, pos] (or None), its 0/1 values checked (and its shape,
+    unless ``shape`` is None)."""
     if attention_mask is None:
         return None
-    mask = np.ascontiguousarray(np.asarray(to_numpy(attention_mask)).astype(np.int64))
-    return mask[None] if mask.ndim == 1 else mask
+    return as_attention_mask(attention_mask, shape)
 
 
 def _as_kv_cache(past_kv_cache: Any) -> Any:
@@ -107,45 +121,31 @@ class RunMixin:
 
     def _input_to_tokens(self, input: Any, attention_mask: Any,
                          need_mask: bool = False) -> Tuple[np.ndarray, Optional[np.ndarray]]:
-        """Tokens [B, P] int64 and the attention mask TL would use (or None). ``need_mask``
-        (a KV cache is used): always a mask, as in TL."""
+        """Tokens [B, P] int64 (checked: shape, n_ctx, id range — before any widening) and the
+        attention mask TL would use (or None). ``need_mask`` (a KV cache is used): always a
+        mask, as in TL."""
         if isinstance(input, str) or (isinstance(input, list) and input and all(isinstance(s, str) for s in input)):
             tok = self._require_tokenizer("string input")
             tokens, _ = tok.encode_batch(
                 input, prepend_bos=self.cfg.default_prepend_bos, padding_side=tok.padding_side, max_length=self.cfg.n_ctx
             )
         else:
-            tokens = _as_tokens(input)
+            tokens = as_token_array(input)
         if tokens.ndim == 1:
             tokens = tokens[None]
+        tokens = self._validate_tokens(tokens)
         mask = None
-        if (self.tokenizer is not None and self.tokenizer.padding_side == "left") or attention_mask is not None \
-                or need_mask:
-            if attention_mask is None:
-                mask = to_numpy(utils.get_attention_mask(self.tokenizer, tokens, self.cfg.default_prepend_bos))
-            else:
-                mask = np.asarray(to_numpy(attention_mask))
-                if mask.ndim == 1:
-                    mask = mask[None]
-            if tuple(mask.shape) != tuple(tokens.shape):
-                raise AssertionError(
-                    f"Attention mask shape {tuple(mask.shape)} does not match tokens shape {tuple(tokens.shape)}"
-                )
-            mask = np.ascontiguousarray(mask.astype(np.int64))
+        if attention_mask is not None:
+            mask = as_attention_mask(attention_mask, tokens.shape)
+        elif (self.tokenizer is not None and self.tokenizer.padding_side == "left") or need_mask:
+            mask = np.ascontiguousarray(
+                to_numpy(utils.get_attention_mask(self.tokenizer, tokens, self.cfg.default_prepend_bos)), dtype=np.int64)
         return tokens, mask
 
-    def _validate_tokens(self, tokens: np.ndarray, check_n_ctx: bool = True) -> None:
-        if tokens.ndim != 2:
-            raise ValueError(f"tokens must have shape [batch, pos] or [pos], got {tuple(tokens.shape)}")
-        if tokens.shape[0] == 0 or tokens.shape[1] == 0:
-            raise ValueError(f"tokens must be non-empty, got shape {tuple(tokens.shape)}")
-        V = int(self.embed._params["W_E"].shape[0])
-        lo, hi = int(tokens.min()), int(tokens.max())
-        if lo < 0 or hi >= V:
-            bad = lo if lo < 0 else hi
-            raise ValueError(f"token id {bad} is out of range for d_vocab={V}")
-        if check_n_ctx and self.cfg.positional_embedding_type == "standard" and tokens.shape[1] > self.cfg.n_ctx:
-            raise ValueError(f"sequence of {tokens.shape[1]} tokens is longer than n_ctx={self.cfg.n_ctx}")
+    def _validate_tokens(self, tokens: np.ndarray, check_n_ctx: bool = True) -> np.ndarray:
+        """``tokens`` [B, P] of any integer dtype, checked, as int64."""
+        n_ctx = self.cfg.n_ctx if check_n_ctx and self.cfg.positional_embedding_type == "standard" else None
+        return check_tokens(tokens, int(self.embed._params["W_E"].shape[0]), n_ctx)
 
     def forward(
         self,
@@ -198,7 +198,9 @@ class RunMixin:
         if torch_mode is None:
             torch_mode = wants_torch(input if input_embeds is None else input_embeds)
         L = self.cfg.n_layers
-        with LocallyOverridenDefaults(self, prepend_bos=prepend_bos, padding_side=padding_side):
+        check_return_type(return_type)
+        stop = resolve_layer(stop_at_layer, L, "stop_at_layer")
+        with self._run_lock, LocallyOverridenDefaults(self, prepend_bos=prepend_bos, padding_side=padding_side):
             residual = None
             embeds = None
             if input_embeds is not None:
@@ -209,13 +211,12 @@ class RunMixin:
                 B, P = embeds.shape[:2]
                 if B == 0 or P == 0:
                     raise ValueError(f"embeddings must be non-empty, got shape {tuple(embeds.shape)}")
-                start, tok_np, mask = 0, None, _mask_arg(attention_mask)
+                start, tok_np, mask = 0, None, _mask_arg(attention_mask, (B, P))
                 new_mask_given = True
             elif start_at_layer is None:
                 tok_np, mask = self._input_to_tokens(input, attention_mask, need_mask=kv is not None)
-                if self.cfg.use_hook_tokens and embed_hooks:
-                    tok_np = self._run_hook_tokens(tok_np, torch_mode)
-                self._validate_tokens(tok_np, check_n_ctx=kv is None)
+                if self.cfg.use_hook_tokens and embed_hooks and self.hook_tokens.fwd_hooks:
+                    tok_np = self._validate_tokens(self._run_hook_tokens(tok_np, torch_mode))
                 B, P = tok_np.shape
                 start = 0
                 new_mask_given = True  # the mask covers the new positions only
@@ -228,18 +229,13 @@ class RunMixin:
                         f"with start_at_layer, input must have shape [batch, pos, {self.cfg.d_model}], got {tuple(residual.shape)}"
                     )
                 B, P = residual.shape[:2]
-                start = start_at_layer + L if start_at_layer < 0 else start_at_layer
-                if not 0 <= start <= L:
-                    raise ValueError(f"start_at_layer={start_at_layer} is out of range for {L} layers")
+                start = resolve_layer(start_at_layer, L, "start_at_layer")
                 tok_np = _as_tokens(tokens) if tokens is not None else None
                 if tok_np is not None and tok_np.ndim == 1:
                     tok_np = tok_np[None]
-                mask = _mask_arg(attention_mask)
-                new_mask_given = False  # TL: with start_at_layer the mask spans cached + new positions
-            stop = None
-            if stop_at_layer is not None:
-                stop = stop_at_layer + L if stop_at_layer < 0 else stop_at_layer
-                stop = max(0, min(stop, L))
+                # TL: with start_at_layer and a KV cache the mask spans cached + new positions
+                mask = _mask_arg(attention_mask, (B, P) if kv is None else None)
+                new_mask_given = False
             kv_args = None
             new_mask = mask
             if kv is not None:
@@ -279,9 +275,6 @@ class RunMixin:
         logits = out
         if return_type == "logits":
             return wrap(logits, torch_mode)
-        if return_type not in ("loss", "both"):
-            logging.warning(f"Invalid return_type passed in: {return_type}")
-            return None
         if tok_np is None:
             raise AssertionError("tokens must be passed in if return_type is 'loss' or 'both'")
         logits_out = wrap(logits, torch_mode)
@@ -372,6 +365,7 @@ class RunMixin:
     def _run_engine(self, tokens, residual, mask, positions, start, stop, return_type, torch_mode, B, P, *,
                     embeds=None, kv=None, embed_hooks=True):
         engine = self._get_engine()
+        loaded_files_unchanged(self)  # a weights file changed since loading: refuse (not SIGBUS)
         L = self.cfg.n_layers
         final = stop is None
         unembed = stop is None and return_type is not None
@@ -383,16 +377,22 @@ class RunMixin:
                                   embed_hook=embed_hooks and embeds is None)
         hooks: List[Tuple[int, int]] = []
         cache: Dict[Tuple[int, int], np.ndarray] = {}
-        run = _RunState(torch_mode, self._name_of)
+        guard = FiniteGuard(fired) if self._check_finite else None
+        planned = set()
         for name in fired:
             hp = self.hook_dict.get(name)
             key = self._site_of[name]
             if hp is not None and hp.fwd_hooks:
                 hooks.append(key)
-            elif req is not None and req.keep(name):
+                planned.add(name)
+            elif (req is not None and req.keep(name)) or guard is not None:
                 arr = np.empty(tuple(engine.hook_shape(key[0], B, P, K)), dtype=np.float32)
                 cache[key] = arr
-                req.fast[name] = arr
+                if req is not None and req.keep(name):
+                    req.fast[name] = arr
+                if guard is not None:
+                    guard.copies[name] = arr
+        run = _RunState(torch_mode, self._name_of, fired, planned, guard)
         if req is not None:
             req.order = (["hook_tokens"] if tokens is not None and self.cfg.use_hook_tokens and embed_hooks
                          else []) + fired
@@ -418,14 +418,22 @@ class RunMixin:
         prev = self._run
         self._run = run
         try:
-            return engine.forward(tokens, **kwargs)
+            out = engine.forward(tokens, **kwargs)
         finally:
             self._run = prev
+        if guard is not None:
+            guard.raise_first()
+        return out
 
     def _dispatch(self, site_id: int, layer: int, call_index: int, act: np.ndarray) -> Optional[np.ndarray]:
         """Engine callback: run the hooks of one point on ``act``."""
         run = self._run
-        return self._run_point_hooks(run.site_names[(site_id, layer)], act)
+        name = run.site_names[(site_id, layer)]
+        run.position = run.fired.get(name, run.position)
+        out = self._run_point_hooks(name, act)
+        if run.guard is not None:
+            run.guard.check_hooked(name, act if out is None else out)
+        return out
 
     def _run_point_hooks(self, name: str, act: np.ndarray) -> Optional[np.ndarray]:
         """Run the hook functions of point ``name`` on ``act``; the replacement or None."""

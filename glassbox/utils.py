@@ -472,3 +472,35 @@ def sample_logits(final_logits: Any, top_k: Optional[int] = None, top_p: Optiona
 
     return _sample(final_logits, top_k=top_k, top_p=top_p, temperature=temperature,
                    freq_penalty=freq_penalty, repetition_penalty=repetition_penalty, tokens=tokens)
+
+
+def solu(x: Any) -> Any:
+    """SoLU activation: ``x * softmax(x)`` over the last axis."""
+    if is_torch(x):
+        return x * x.softmax(dim=-1)
+    a = np.asarray(x, dtype=np.float64)
+    e = np.exp(a - a.max(-1, keepdims=True))
+    return (a * e / e.sum(-1, keepdims=True)).astype(np.asarray(x).dtype)
+
+
+# The rest of TransformerLens's utilities, one module per topic (glassbox.utilities.*).
+from glassbox.utilities.devices import get_device, print_gpu_mem, warn_if_mps  # noqa: E402
+from glassbox.utilities.hub_utils import (  # noqa: E402
+    clear_huggingface_cache, download_file_from_hf, get_dataset, is_library_available)
+from glassbox.utilities.initialization import (  # noqa: E402
+    calc_fan_in_and_fan_out, init_kaiming_normal_, init_kaiming_uniform_, init_xavier_normal_,
+    init_xavier_uniform_)
+from glassbox.utilities.tensors import (  # noqa: E402
+    check_structure, filter_dict_by_prefix, get_nested_attr, is_lower_triangular, is_square,
+    repeat_along_head_dimension, set_nested_attr)
+from glassbox.utilities.tokenize_utils import (  # noqa: E402
+    get_tokenizer_with_bos, keep_single_column, tokenize_and_concatenate)
+
+__all__ += [
+    "solu", "sample_logits", "get_device", "print_gpu_mem", "warn_if_mps", "clear_huggingface_cache",
+    "download_file_from_hf", "get_dataset", "is_library_available", "calc_fan_in_and_fan_out",
+    "init_kaiming_normal_", "init_kaiming_uniform_", "init_xavier_normal_", "init_xavier_uniform_",
+    "check_structure", "filter_dict_by_prefix", "get_nested_attr", "is_lower_triangular", "is_square",
+    "repeat_along_head_dimension", "set_nested_attr", "get_tokenizer_with_bos", "keep_single_column",
+    "tokenize_and_concatenate",
+]

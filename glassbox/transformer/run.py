@@ -119,7 +119,7 @@ class RunMixin:
         if lo < 0 or hi >= V:
             bad = lo if lo < 0 else hi
             raise ValueError(f"token id {bad} is out of range for d_vocab={V}")
-        if self.cfg.positional_embedding_type == "standard" and tokens.shape[1] > self.cfg.n_ctx:
+        if self.cfg.positional_embedding_type in ("standard", "shortformer") and tokens.shape[1] > self.cfg.n_ctx:
             raise ValueError(f"sequence of {tokens.shape[1]} tokens is longer than n_ctx={self.cfg.n_ctx}")
 
     def forward(
@@ -146,8 +146,6 @@ class RunMixin:
         """
         if past_kv_cache is not None:
             raise NotImplementedError("past_kv_cache is not supported by glassbox yet")
-        if shortformer_pos_embed is not None:
-            raise NotImplementedError("shortformer models are not supported by glassbox")
         torch_mode = wants_torch(input)
         L = self.cfg.n_layers
         with LocallyOverridenDefaults(self, prepend_bos=prepend_bos, padding_side=padding_side):
@@ -186,6 +184,12 @@ class RunMixin:
             positions = None
             if mask is not None:
                 positions = np.ascontiguousarray(np.maximum(np.cumsum(mask, axis=1) - 1, 0).astype(np.int64))
+            sf_pos = None
+            if residual is not None and shortformer_pos_embed is not None:
+                if self.cfg.positional_embedding_type != "shortformer":
+                    raise ValueError("shortformer_pos_embed is only used by shortformer models "
+                                     f"(positional_embedding_type={self.cfg.positional_embedding_type!r})")
+                sf_pos = asarray_f32(shortformer_pos_embed)
             out = self._run_engine(
                 tok_np if residual is None else None,
                 residual,
@@ -197,6 +201,7 @@ class RunMixin:
                 torch_mode,
                 B,
                 P,
+                shortformer_pos_embed=sf_pos,
             )
         if stop is not None:
             return wrap(out, torch_mode)
@@ -250,7 +255,8 @@ class RunMixin:
             names.append(name)
         return names
 
-    def _run_engine(self, tokens, residual, mask, positions, start, stop, return_type, torch_mode, B, P):
+    def _run_engine(self, tokens, residual, mask, positions, start, stop, return_type, torch_mode, B, P,
+                    shortformer_pos_embed=None):
         engine = self._get_engine()
         L = self.cfg.n_layers
         final = stop is None
@@ -282,6 +288,8 @@ class RunMixin:
             final_norm=final,
             unembed=unembed,
         )
+        if shortformer_pos_embed is not None:
+            kwargs["shortformer_pos_embed"] = shortformer_pos_embed
         if cache:
             kwargs["cache"] = cache
         if hooks:

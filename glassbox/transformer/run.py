@@ -390,3 +390,32 @@ class RunMixin:
         if return_cache_object:
             return out, ActivationCache(cache_dict, self, has_batch_dim=not remove_batch_dim)
         return out, cache_dict
+
+    def input_to_embed(
+        self,
+        input: Any,
+        prepend_bos: Optional[bool] = USE_DEFAULT_VALUE,
+        padding_side: Optional[str] = USE_DEFAULT_VALUE,
+        attention_mask: Any = None,
+        past_kv_cache: Any = None,
+    ) -> Tuple[Any, Any, Any, Any]:
+        """What enters block 0 (TransformerLens's ``input_to_embed``): ``(residual [batch, pos,
+        d_model], tokens [batch, pos], shortformer_pos_embed or None, attention_mask or None)``.
+        ``hook_embed`` / ``hook_pos_embed`` hooks run. The mask is the one a forward pass would use
+        (left padding or an explicit mask), else None."""
+        if past_kv_cache is not None:
+            raise NotImplementedError("past_kv_cache is not supported by input_to_embed")
+        torch_mode = wants_torch(input)
+        with LocallyOverridenDefaults(self, prepend_bos=prepend_bos, padding_side=padding_side):
+            tokens, mask = self._input_to_tokens(input, attention_mask)
+        residual = self.forward(wrap(tokens, torch_mode), stop_at_layer=0, attention_mask=wrap(mask, torch_mode),
+                                prepend_bos=prepend_bos, padding_side=padding_side)
+        sf = None
+        if self.cfg.positional_embedding_type == "shortformer":
+            pos = np.arange(tokens.shape[1])[None] if mask is None else np.maximum(np.cumsum(mask, axis=1) - 1, 0)
+            W_pos = self.pos_embed.param_np("W_pos")
+            sf = np.broadcast_to(W_pos[pos], (*tokens.shape, W_pos.shape[1])).astype(np.float32)
+            if mask is not None:
+                sf = sf * (mask[..., None] != 0)
+            sf = wrap(np.ascontiguousarray(sf), torch_mode)
+        return wrap(residual, torch_mode), wrap(tokens, torch_mode), sf, wrap(mask, torch_mode)

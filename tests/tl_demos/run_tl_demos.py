@@ -399,6 +399,27 @@ def compare_text(a: str, b: str) -> Optional[str]:
     return None
 
 
+def _decode_typed_arrays(x: Any) -> Any:
+    """Plotly >= 6 serialises arrays as {"dtype", "bdata" (base64), "shape"}: back to values."""
+    if isinstance(x, dict):
+        d = x.get("dict")
+        if isinstance(d, dict) and "bdata" in d and "dtype" in d:
+            import base64
+
+            import numpy as np
+
+            raw = base64.b64decode(d["bdata"]["str"])
+            arr = np.frombuffer(raw, dtype=np.dtype(d["dtype"]["str"]))
+            shape = d.get("shape")
+            if shape is not None:
+                arr = arr.reshape([int(v) for v in str(shape.get("str", shape)).split(",") if v.strip()])
+            return to_plain(arr)
+        return {k: _decode_typed_arrays(v) for k, v in x.items()}
+    if isinstance(x, list):
+        return [_decode_typed_arrays(v) for v in x]
+    return x
+
+
 def compare_plain(a: Any, b: Any, path: str = "") -> Optional[str]:
     """None if glassbox's `a` matches TL's `b`, else where and how they differ."""
     if isinstance(a, dict) and isinstance(b, dict):
@@ -454,14 +475,14 @@ def compare_cell(g: Dict[str, Any], t: Dict[str, Any]) -> Tuple[str, str]:
     d = compare_text(g.get("stdout", ""), t.get("stdout", ""))
     if d:
         return "differs", "stdout: " + d
-    d = compare_plain(g.get("result"), t.get("result"), "result")
+    d = compare_plain(_decode_typed_arrays(g.get("result")), _decode_typed_arrays(t.get("result")), "result")
     if d:
         return "differs", d
     ge, te = g.get("events", []), t.get("events", [])
     if len(ge) != len(te):
         return "differs", f"{len(te)} displayed objects (TL) vs {len(ge)} (glassbox)"
     for i, (x, y) in enumerate(zip(ge, te)):
-        d = compare_plain(x, y, f"display[{i}]")
+        d = compare_plain(_decode_typed_arrays(x), _decode_typed_arrays(y), f"display[{i}]")
         if d:
             return "differs", d
     return "same", ""

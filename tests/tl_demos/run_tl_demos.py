@@ -20,7 +20,8 @@ IPython shell (so ``get_ipython()``, magics and ``display`` behave as in Jupyter
 
 Comparison: text must be equal once numbers are taken out (``transformer_lens`` in module paths
 is read as ``glassbox``); numbers match with ``rtol=1e-3`` (plus ``atol=1e-5``, and one unit of
-the last printed digit for rounded prints); arrays likewise, elementwise. Cells that need
+the last printed digit for rounded prints); arrays likewise, elementwise, with an absolute slack of
+1e-4 of the array's largest magnitude. Cells that need
 gradients, the network or a UI toolkit are listed in :data:`EXCLUDED` and not run.
 
 Usage::
@@ -222,7 +223,8 @@ def _install_recorders() -> None:
 
 
 def _stub_modules(stub_dir: Path) -> None:
-    """Minimal neel_plotly / pysvelte (not on PyPI): record the arrays they are given."""
+    """Minimal neel_plotly / pysvelte (not on PyPI): record the arrays they are given; gradio (a
+    UI toolkit, not installed here): importable only (its cells are excluded)."""
     stub_dir.mkdir(parents=True, exist_ok=True)
     (stub_dir / "neel_plotly.py").write_text(
         '"""Stand-in for neel_plotly (not on PyPI): records the data of each plot."""\n'
@@ -233,6 +235,10 @@ def _stub_modules(stub_dir: Path) -> None:
         "def imshow(*a, **k):\n    _rec('imshow', *a, **k)\n\n"
         "def line(*a, **k):\n    _rec('line', *a, **k)\n\n"
         "def scatter(*a, **k):\n    _rec('scatter', *a, **k)\n")
+    (stub_dir / "gradio.py").write_text(
+        '"""Stand-in for gradio (not installed): importable, but any UI use raises."""\n'
+        "def __getattr__(name):\n"
+        "    raise ImportError(f'gradio is not installed (runner stand-in); gradio.{name} is unavailable')\n")
     (stub_dir / "pysvelte.py").write_text(
         '"""Stand-in for pysvelte (not on PyPI): records the arrays of each visualisation."""\n'
         "from run_tl_demos import REC, to_plain\n\n"
@@ -378,10 +384,12 @@ def _split_numbers(text: str) -> Tuple[str, List[Tuple[float, float]]]:
     return _NUM.sub(repl, text), nums
 
 
-def _close(a: float, b: float, ulp: float = 0.0) -> bool:
+def _close(a: float, b: float, slack: float = 0.0) -> bool:
+    """|a - b| <= 1e-5 + 1e-3 |b|, or <= ``slack`` (one unit of the last printed digit for text,
+    1e-4 of the array's largest magnitude for arrays)."""
     if a is None or b is None:
         return a is None and b is None
-    return abs(a - b) <= max(1e-5 + 1e-3 * abs(b), 1.0001 * ulp)
+    return abs(a - b) <= max(1e-5 + 1e-3 * abs(b), 1.0001 * slack)
 
 
 def compare_text(a: str, b: str) -> Optional[str]:
@@ -428,7 +436,10 @@ def compare_plain(a: Any, b: Any, path: str = "") -> Optional[str]:
                 return f"{path}: shape {b.get('shape')} (TL) vs {a.get('shape')} (glassbox)"
             if a.get("dtype") != b.get("dtype") and {a.get("dtype"), b.get("dtype")} - {"f", "i", "u", "b"}:
                 return f"{path}: dtype {b.get('dtype')} (TL) vs {a.get('dtype')} (glassbox)"
-            bad = [(i, x, y) for i, (x, y) in enumerate(zip(a["values"], b["values"])) if not _close(x, y)]
+            finite = [abs(v) for v in b["values"] if v is not None]
+            floor = 1e-4 * max(finite) if finite else 0.0  # arrays: also 1e-4 of the array's largest |value|
+            bad = [(i, x, y) for i, (x, y) in enumerate(zip(a["values"], b["values"]))
+                   if not _close(x, y, floor)]
             if bad:
                 i, x, y = bad[0]
                 return f"{path}: {len(bad)} of {len(a['values'])} values differ, e.g. [{i}] {y} (TL) vs {x} (glassbox)"

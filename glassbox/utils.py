@@ -423,19 +423,28 @@ def test_prompt(
         ranks = [int(np.where(order[i] == ans_tok[i])[0][0]) for i in range(n_answers)]
         answer_ranks.append(list(zip(ans_str, ranks)))
         if print_details:
-            print(f"Performance on answer token{'s' if multi else ''}:")
-            for i in range(n_answers):
-                print(
-                    f"Rank: {ranks[i]: <8} Logit: {logits[i, index - 1, ans_tok[i]]:5.2f} "
-                    f"Prob: {tp[i, ans_tok[i]]:6.2%} Token: |{ans_str[i]}|"
-                )
+            _rich_print(f"Performance on answer token{'s' if multi else ''}:\n" + "\n".join(
+                f"[b]Rank: {ranks[i]: <8} Logit: {logits[i, index - 1, ans_tok[i]]:5.2f} "
+                f"Prob: {tp[i, ans_tok[i]]:6.2%} Token: |{ans_str[i]}|[/b]" for i in range(n_answers)))
             for k in range(top_k):
                 tok_id = int(order[0, k])
                 print(
                     f"Top {k}th token. Logit: {logits[0, index - 1, tok_id]:5.2f} "
                     f"Prob: {tp[0, tok_id]:6.2%} Token: |{model.to_string(tok_id)}|"
                 )
-    print("Ranks of the answer tokens:", [r for step in answer_ranks for r in step])
+    shown = answer_ranks if multi else [step[0] for step in answer_ranks]
+    _rich_print(f"[b]Ranks of the answer tokens:[/b] {shown}")
+
+
+def _rich_print(text: str) -> None:
+    """Print with ``rich`` when it is installed (bold markup, wrapping at the console width, as
+    TransformerLens's test_prompt prints), else plainly without the markup."""
+    try:
+        from rich import print as rprint
+    except ImportError:
+        print(re.sub(r"\[/?b\]", "", text))
+    else:
+        rprint(text)
 
 
 __all__ = [

@@ -408,7 +408,7 @@ class ActivationCache:
         return (out, labels) if return_labels else out
 
     def _W_out(self, layer: int) -> np.ndarray:
-        return np.asarray(to_numpy(self.model.blocks[layer].mlp.W_out), dtype=np.float32)
+        return np.asarray(self.model.blocks[layer].mlp.param_np("W_out"), dtype=np.float32)
 
     def _ln_scale(self, layer: int, mlp_input: bool, pos_slice: Slice) -> np.ndarray:
         key = "ln_final.hook_scale" if layer in (None, -1, self._n_layers) else f"blocks.{layer}.ln{2 if mlp_input else 1}.hook_scale"

@@ -397,3 +397,45 @@ def test_tokenizer_quirks_the_demos_use(gpt2):
     assert sorted(gb.tokenizer.vocab.items(), key=lambda kv: kv[1])[:20] == \
         sorted(ref.tokenizer.vocab.items(), key=lambda kv: kv[1])[:20]
     assert gb.to_string(ids[2]) == ref.to_string(ids[2]) and gb.to_string(int(ids[2])) == ref.to_string(int(ids[2]))
+    for form in (ids, ids.numpy(), ids[None]):
+        assert gb.to_str_tokens(form) == ref.to_str_tokens(form)
+    assert gb.to_str_tokens(ids.tolist()) == ref.to_str_tokens(ids)  # TL refuses a list of ids; one sequence here
+    assert gb.get_token_position(int(ids[3]), ids) == ref.get_token_position(int(ids[3]), ids)
+
+
+def test_new_surface_works_without_torch():
+    """The helpers added for the demos (neuron / full decompositions, refactoring, input_to_embed,
+    attn-only shortformer models, device checks) run with torch unimportable, in NumPy."""
+    import subprocess
+    import sys
+    import textwrap
+
+    code = textwrap.dedent("""
+        import sys; sys.modules['torch'] = None
+        import numpy as np
+        import glassbox.arrays; glassbox.arrays._torch_available = False
+        import glassbox as gb, glassbox.utils as gu
+        m = gb.HookedTransformer(dict(d_model=16, d_head=4, n_layers=2, n_ctx=12, d_vocab=40, act_fn="gelu_new", seed=1))
+        toks = np.random.default_rng(0).integers(0, 40, (2, 5))
+        logits, cache = m.run_with_cache(toks)
+        assert isinstance(logits, np.ndarray)
+        full = cache.get_full_resid_decomposition()
+        assert np.allclose(full.sum(0), cache["resid_post", 1], atol=1e-4)
+        assert cache.stack_neuron_results(2, apply_ln=True, project_output_onto=np.ones(16)).shape == (128, 2, 5)
+        sd = m.refactor_factored_attn_matrices({k: np.asarray(v) for k, v in m.state_dict().items()})
+        qk = lambda d: d["blocks.0.attn.W_Q"] @ np.swapaxes(d["blocks.0.attn.W_K"], -1, -2)
+        assert np.allclose(qk(sd), qk(m.state_dict()), atol=1e-5)
+        assert m.input_to_embed(toks)[0].shape == (2, 5, 16) and gu.get_device() == "cpu"
+        try:
+            m.to("cuda")
+        except RuntimeError:
+            pass
+        else:
+            raise AssertionError("to('cuda') did not raise")
+        m2 = gb.HookedTransformer(dict(d_model=16, d_head=4, n_layers=2, n_ctx=12, d_vocab=40, attn_only=True,
+                                       normalization_type=None, positional_embedding_type="shortformer", seed=1))
+        assert m2(toks).shape == (2, 5, 40)
+        print("ok")
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0 and out.stdout.strip().endswith("ok"), out.stderr[-2000:]

@@ -16,8 +16,6 @@ from __future__ import annotations
 
 from typing import Any, Dict, Mapping, Tuple
 
-import importlib.util
-
 import numpy as np
 
 from .shapes import cfg_get
@@ -243,7 +241,12 @@ def refactor_factored_attn_matrices(sd: Mapping[str, np.ndarray], cfg: Any) -> S
             "You can't refactor the QK circuit when using rotary embeddings (as the QK matrix "
             "depends on the position of the query and key)")
     out: StateDict = dict(sd)
-    use_torch = importlib.util.find_spec("torch") is not None
+    try:
+        import torch  # noqa: F401  (optional: TL's own SVDs when it is there)
+
+        use_torch = True
+    except ImportError:
+        use_torch = False
     for l in range(int(cfg_get(cfg, "n_layers"))):
         p = f"blocks.{l}.attn."
         if p + "W_Q" not in out:

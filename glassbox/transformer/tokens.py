@@ -118,6 +118,9 @@ class TokensMixin:
         """Text or tokens ([pos] / [1, pos]) → list of token strings (a list per item for
         a list input)."""
         tok = self._require_tokenizer("to_str_tokens")
+        if isinstance(input, list) and input and all(isinstance(t, (int, np.integer)) and not isinstance(t, bool)
+                                                     for t in input):
+            input = np.asarray(input, dtype=np.int64)  # a list of token ids is one sequence (TL refuses it)
         if isinstance(input, list):
             return [self.to_str_tokens(item, prepend_bos, padding_side) for item in input]
         if isinstance(input, str):

@@ -84,6 +84,16 @@ EXCLUDED: Dict[Tuple[str, int], str] = {
        for i in (12, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 28, 29, 31, 32, 35, 36)},
 }
 
+_SLOW = "not run by default (pass --all): {} forward passes, hours on a shared 2-core machine"
+
+#: (notebook, code-cell index) -> reason: runnable, but too slow to run routinely here; --all runs them
+SLOW: Dict[Tuple[str, int], str] = {
+    ("Activation_Patching_in_TL_Demo", 14): _SLOW.format("2 304"),
+    ("Activation_Patching_in_TL_Demo", 17): _SLOW.format("11 520"),
+    ("Attribution_Patching_Demo", 34): _SLOW.format("11 520"),
+    ("Patchscopes_Generation_Demo", 19): _SLOW.format("2 880 (144 x 20 generation steps)"),
+}
+
 _IMPORT_LINE = re.compile(r"^(\s*)(from|import)(\s+)(.*)$")
 
 
@@ -301,7 +311,7 @@ def _seed(nb: str, idx: int) -> None:
         pass
 
 
-def worker(nb_path: Path, nb_name: str, lib: str, out_path: Path, stub_dir: Path) -> None:
+def worker(nb_path: Path, nb_name: str, lib: str, out_path: Path, stub_dir: Path, run_slow: bool = False) -> None:
     os.environ["GITHUB_ACTIONS"] = "true"
     sys.path.insert(0, str(HERE))
     _stub_modules(stub_dir)
@@ -319,6 +329,10 @@ def worker(nb_path: Path, nb_name: str, lib: str, out_path: Path, stub_dir: Path
         reason = EXCLUDED.get((nb_name, idx))
         if reason:
             rec.update(status="excluded", reason=reason)
+            records.append(rec)
+            continue
+        if not run_slow and (nb_name, idx) in SLOW:
+            rec.update(status="skipped", reason=SLOW[(nb_name, idx)])
             records.append(rec)
             continue
         if lib == "gb":
@@ -476,6 +490,8 @@ def compare_cell(g: Dict[str, Any], t: Dict[str, Any]) -> Tuple[str, str]:
     """(verdict, detail): verdict in same / differs / fails / both-fail / excluded / tl-only-fails."""
     if t.get("status") == "excluded":
         return "excluded", t.get("reason", "")
+    if t.get("status") == "skipped" or g.get("status") == "skipped":
+        return "skipped", t.get("reason") or g.get("reason", "")
     if g.get("status") == "error" and t.get("status") == "error":
         eg, et = g["error"].split(":")[0], t["error"].split(":")[0]
         return "both-fail", f"TL: {t['error'][:150]} | glassbox: {g['error'][:150]}" + ("" if eg == et else " (different errors)")
@@ -499,19 +515,24 @@ def compare_cell(g: Dict[str, Any], t: Dict[str, Any]) -> Tuple[str, str]:
     return "same", ""
 
 
-def report(out_dir: Path, names: List[str], suffix: str = "") -> str:
-    lines = ["| notebook | cells | excluded | same | differ | fail (glassbox only) | fail (both) |",
-             "|---|---|---|---|---|---|---|"]
+def report(out_dir: Path, names: List[str], suffix: str = "", notebooks: Optional[Path] = None) -> str:
+    lines = ["| notebook | cells | excluded | not run (slow) | same | differ | fail (glassbox only) | fail (both) |",
+             "|---|---|---|---|---|---|---|---|"]
     details = []
-    totals = [0] * 6
+    totals = [0] * 7
     for nb in names:
         tp, gp = out_dir / f"{nb}.tl.json", out_dir / f"{nb}.gb{suffix}.json"
         if not tp.exists() or not gp.exists():
-            lines.append(f"| {nb} | (not run) | | | | | |")
+            lines.append(f"| {nb} | (not run) | | | | | | |")
             continue
-        t = json.loads(tp.read_text())["cells"]
+        t_doc = json.loads(tp.read_text())
+        t = t_doc["cells"]
+        if not t_doc.get("complete"):  # a stopped reference run: the cells it did not reach
+            n = len(code_cells(notebooks / f"{nb}.ipynb")) if notebooks else len(t)
+            t = t + [{"index": i, "status": "skipped", "reason": "the TransformerLens reference run was stopped before this cell"}
+                     for i in range(len(t), n)]
         g = {c["index"]: c for c in json.loads(gp.read_text())["cells"]}
-        counts = dict.fromkeys(["excluded", "same", "differs", "fails", "both-fail", "tl-only-fails"], 0)
+        counts = dict.fromkeys(["excluded", "skipped", "same", "differs", "fails", "both-fail", "tl-only-fails"], 0)
         for tc in t:
             gc = g.get(tc["index"], {"status": "error", "error": "not run (worker stopped)"})
             if (nb, tc["index"]) in EXCLUDED:
@@ -520,8 +541,8 @@ def report(out_dir: Path, names: List[str], suffix: str = "") -> str:
             counts[verdict] += 1
             if verdict not in ("same",):
                 details.append(f"- {nb} cell {tc['index']}: **{verdict}** {detail}")
-        row = [len(t), counts["excluded"], counts["same"], counts["differs"], counts["fails"] + counts["tl-only-fails"],
-               counts["both-fail"]]
+        row = [len(t), counts["excluded"], counts["skipped"], counts["same"], counts["differs"],
+               counts["fails"] + counts["tl-only-fails"], counts["both-fail"]]
         totals = [a + b for a, b in zip(totals, row)]
         lines.append(f"| {nb} | " + " | ".join(map(str, row)) + " |")
     lines.append("| **total** | " + " | ".join(map(str, totals)) + " |")
@@ -539,11 +560,12 @@ def main() -> None:
     ap.add_argument("--reuse", action="store_true", help="keep complete result files")
     ap.add_argument("--report", action="store_true", help="only print the comparison")
     ap.add_argument("--timeout", type=int, default=4 * 3600)
+    ap.add_argument("--all", action="store_true", help="also run the slow cells (see SLOW)")
     ap.add_argument("--worker", nargs=4, metavar=("NB_PATH", "NB_NAME", "LIB", "OUT"), help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.worker:
         nb_path, nb_name, lib, out = a.worker
-        worker(Path(nb_path), nb_name, lib, Path(out), a.out / "stubs")
+        worker(Path(nb_path), nb_name, lib, Path(out), a.out / "stubs", run_slow=a.all)
         return
     names = [n for n in a.only.split(",") if n] or NOTEBOOKS
     a.out.mkdir(parents=True, exist_ok=True)
@@ -557,13 +579,13 @@ def main() -> None:
                 out = a.out / f"{nb}.{lib}{a.suffix if lib == 'gb' else ''}.json"
                 if a.reuse and out.exists() and json.loads(out.read_text()).get("complete"):
                     continue
-                cmd = [sys.executable, str(Path(__file__).resolve()), "--out", str(a.out),
+                cmd = [sys.executable, str(Path(__file__).resolve()), "--out", str(a.out)] + (["--all"] if a.all else []) + [
                        "--worker", str(a.notebooks / f"{nb}.ipynb"), nb, lib, str(out)]
                 try:
                     subprocess.run(cmd, env=env, timeout=a.timeout, check=False)
                 except subprocess.TimeoutExpired:
                     print(f"{nb} [{lib}] timed out", flush=True)
-    print(report(a.out, names, a.suffix))
+    print(report(a.out, names, a.suffix, a.notebooks))
 
 
 if __name__ == "__main__":

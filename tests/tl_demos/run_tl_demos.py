@@ -395,7 +395,8 @@ def _split_numbers(text: str) -> Tuple[str, List[Tuple[float, float]]]:
         nums.append((v, ulp))
         return "#"
 
-    return _NUM.sub(repl, text), nums
+    # NumPy pads printed columns to the widest number: spacing is layout, not content
+    return re.sub(r"[ \t]+", " ", _NUM.sub(repl, text)), nums
 
 
 def _close(a: float, b: float, slack: float = 0.0) -> bool:

@@ -73,7 +73,14 @@ class ActivationCache:
         return self.cache_dict.items()
 
     def __repr__(self) -> str:
-        return f"ActivationCache with keys {list(self.cache_dict.keys())}"
+        from glassbox.display import cache_text
+
+        return cache_text(self)
+
+    def _repr_html_(self) -> str:
+        from glassbox.display import cache_html
+
+        return cache_html(self)
 
     # -- batch handling -------------------------------------------------------------------
     def _batch_size(self) -> int:

@@ -104,6 +104,7 @@ class HookedTransformer(PretrainedMixin, WeightsMixin, TokensMixin, EngineMixin,
         self._cache_request: Optional[_CacheRequest] = None
         self._ungrouped: Dict[str, np.ndarray] = {}
         self._virtual = None  # glassbox.loading.virtual.VirtualProcessing for stored-dtype weights
+        self._check_finite = False  # set_check_finite
         self.tokenizer: Optional[Tokenizer] = None
         if tokenizer is None and self.cfg.tokenizer_name is not None:
             from glassbox.transformer.tokens import tokenizer_from_name
@@ -163,10 +164,29 @@ class HookedTransformer(PretrainedMixin, WeightsMixin, TokensMixin, EngineMixin,
             assert self.cfg.use_attn_in, f"Cannot add hook {hook_point_name} if use_attn_in is False"
 
     def _set_flag(self, **flags: bool) -> None:
-        for k, v in flags.items():
-            setattr(self.cfg, k, bool(v))
+        # the engine refuses flag changes during a run: ask it first, so that a refusal leaves
+        # the config as it was
         if self._engine is not None and not self._engine_dirty:
             self._engine.set_flags(**{k: bool(v) for k, v in flags.items()})
+        elif self._run is not None:
+            raise RuntimeError("cannot change hook flags while a forward pass runs")
+        for k, v in flags.items():
+            setattr(self.cfg, k, bool(v))
+
+    def _refuse_hook_now(self, name: str) -> Optional[str]:
+        run = self._run
+        return run.refuse_new_hook(name) if run is not None else None
+
+    def set_check_finite(self, check_finite: bool = True) -> None:
+        """glassbox extension: with ``True``, every forward pass checks every activation and
+        raises :class:`~glassbox.transformer.checks.NonFiniteActivationError` (a
+        ``FloatingPointError``) naming the first hook point in firing order where a NaN or
+        infinity appears, with its layer and position (masked attention scores, which are -inf
+        by design, do not count). The check copies every activation (as ``run_with_cache()``
+        does), so it costs memory and time; it is off by default."""
+        if self._run is not None:
+            raise RuntimeError("cannot change set_check_finite while a forward pass runs")
+        self._check_finite = bool(check_finite)
 
     def set_use_attn_result(self, use_attn_result: bool) -> None:
         """Toggle ``attn.hook_result`` (per-head outputs [batch, pos, head, d_model])."""
@@ -194,26 +214,29 @@ class HookedTransformer(PretrainedMixin, WeightsMixin, TokensMixin, EngineMixin,
     def generate(self, input: Any = "", max_new_tokens: int = 10, stop_at_eos: bool = True,
                  eos_token_id: Any = None, do_sample: bool = True, top_k: Optional[int] = None,
                  top_p: Optional[float] = None, temperature: float = 1.0, freq_penalty: float = 0.0,
-                 use_past_kv_cache: bool = True, prepend_bos: Optional[bool] = None,
-                 padding_side: Optional[str] = None, return_type: Optional[str] = "input",
-                 verbose: bool = True, **kwargs: Any) -> Any:
-        """Sample tokens after ``input`` (str, list[str] or tokens), TransformerLens's ``generate``.
+                 use_past_kv_cache: bool = True, prepend_bos: Optional[bool] = utils.USE_DEFAULT_VALUE,
+                 padding_side: Optional[str] = utils.USE_DEFAULT_VALUE, return_type: Optional[str] = "input",
+                 verbose: bool = True, **generation_kwargs: Any) -> Any:
+        """Sample tokens after ``input`` (str, list[str], tokens or embeddings): TransformerLens's
+        ``generate``, with a KV cache in the C engine by default (``use_past_kv_cache``).
 
-        ``do_sample=False`` (or ``temperature=0``) is greedy; ``return_type`` "input" / "str" /
-        "tokens". Hooks attached with ``hooks()`` / ``add_hook`` fire at every step. Each step
-        recomputes the sequence (no KV cache yet; ``use_past_kv_cache`` is accepted). Extra
-        keyword: ``repetition_penalty``, ``seed`` (for sampling). See :mod:`glassbox.generation`.
+        ``do_sample=False`` (or ``temperature=0``) is greedy; ``top_k`` / ``top_p`` /
+        ``freq_penalty`` as TransformerLens; ``return_type`` "input" / "str" / "tokens" /
+        "embeds"; ``eos_token_id`` an int or a list. Hooks attached with ``hooks()`` /
+        ``add_hook`` fire at every step (new positions only with the cache). With torch input
+        sampling uses torch's RNG exactly as TransformerLens does (same seed, same tokens).
+        Extra keywords: ``output_logits``, ``repetition_penalty``, ``seed``. See
+        :mod:`glassbox.generation` and docs/generation.md.
         """
         from glassbox.generation import generate as _generate
 
-        unknown = set(kwargs) - {"repetition_penalty", "seed"}
-        if unknown:
-            raise TypeError(f"generate() got unexpected keyword arguments {sorted(unknown)}")
-        return _generate(self, input, max_new_tokens=max_new_tokens, stop_at_eos=stop_at_eos,
-                         eos_token_id=eos_token_id, do_sample=do_sample, top_k=top_k, top_p=top_p,
-                         temperature=temperature, freq_penalty=freq_penalty,
-                         use_past_kv_cache=use_past_kv_cache, prepend_bos=prepend_bos,
-                         padding_side=padding_side, return_type=return_type, verbose=verbose, **kwargs)
+        with self._run_lock:
+            return _generate(self, input, max_new_tokens=max_new_tokens, stop_at_eos=stop_at_eos,
+                             eos_token_id=eos_token_id, do_sample=do_sample, top_k=top_k, top_p=top_p,
+                             temperature=temperature, freq_penalty=freq_penalty,
+                             use_past_kv_cache=use_past_kv_cache, prepend_bos=prepend_bos,
+                             padding_side=padding_side, return_type=return_type, verbose=verbose,
+                             **generation_kwargs)
 
     def loss_fn(self, logits: Any, tokens: Any, attention_mask: Any = None, per_token: bool = False) -> Any:
         """Next-token cross-entropy (``utils.lm_cross_entropy_loss``)."""
@@ -265,6 +288,11 @@ class HookedTransformer(PretrainedMixin, WeightsMixin, TokensMixin, EngineMixin,
 
     def requires_grad_(self, requires_grad: bool = True) -> "HookedTransformer":
         return self
+
+    def _repr_html_(self) -> str:
+        from glassbox.display import model_html
+
+        return model_html(self)
 
     def __repr__(self) -> str:
         return (

@@ -18,6 +18,7 @@ from __future__ import annotations
 import difflib
 import logging
 import sys
+import threading
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
@@ -142,6 +143,8 @@ class HookPoint(Module):
         self.bwd_hooks: list[LensHandle] = []
         self.ctx: dict = {}
         self.name: Optional[str] = None
+        #: set by the root's ``setup()``: says why a hook may not be added right now (or None)
+        self._refuse_add: Optional[Callable[[str], Optional[str]]] = None
 
     def named_children(self) -> Iterator[tuple[str, Module]]:
         return iter(())
@@ -174,6 +177,10 @@ class HookPoint(Module):
             raise ValueError(f"Invalid direction {dir}")
         if not callable(hook):
             raise TypeError(f"hook must be callable, got {type(hook).__name__}")
+        if self._refuse_add is not None and self.name is not None:
+            why = self._refuse_add(self.name)
+            if why:
+                raise RuntimeError(why)
         handle = LensHandle(_Handle(self, "fwd"), is_permanent, level, user_hook=hook)
         if prepend:
             self.fwd_hooks.insert(0, handle)
@@ -267,9 +274,16 @@ class HookedRootModule(Module):
     Hooks are global state on the model: ``run_with_hooks``/``run_with_cache`` and the
     ``hooks()`` context manager remove what they added, hooks added with ``add_hook``
     stay until ``reset_hooks()``.
+
+    Threads: a model runs one forward pass (or one ``hooks()`` block, which ``run_with_hooks``
+    and ``run_with_cache`` use) at a time. A second thread calling into the same model waits
+    until the first is done, so each call sees exactly its own temporary hooks, plus the
+    model-global ones added with ``add_hook`` (which every thread's runs see, as in
+    TransformerLens). Hooks may run nested forwards on the same thread.
     """
 
     def __init__(self) -> None:
+        self._run_lock = threading.RLock()
         self.is_caching = False
         self.context_level = 0
         self.mod_dict: dict[str, Module] = {}
@@ -294,6 +308,11 @@ class HookedRootModule(Module):
             self.mod_dict[name] = module
             if isinstance(module, HookPoint):
                 self.hook_dict[name] = module
+                module._refuse_add = self._refuse_hook_now
+
+    def _refuse_hook_now(self, name: str) -> Optional[str]:
+        """Why a hook added at ``name`` now would be silently skipped (None if it would not)."""
+        return None
 
     def hook_points(self):
         return self.hook_dict.values()
@@ -409,6 +428,7 @@ class HookedRootModule(Module):
         >>> with model.hooks(fwd_hooks=[("blocks.0.hook_resid_pre", fn)]):
         ...     logits = model("Hello")
         """
+        self._run_lock.acquire()
         try:
             self.context_level += 1
             for name, hook in fwd_hooks:
@@ -417,9 +437,12 @@ class HookedRootModule(Module):
                 self._enable_hook(name, hook, "bwd")
             yield self
         finally:
-            if reset_hooks_end:
-                self.reset_hooks(clear_contexts, including_permanent=False, level=self.context_level)
-            self.context_level -= 1
+            try:
+                if reset_hooks_end:
+                    self.reset_hooks(clear_contexts, including_permanent=False, level=self.context_level)
+                self.context_level -= 1
+            finally:
+                self._run_lock.release()
 
     def run_with_hooks(
         self,

@@ -115,6 +115,15 @@ def get_matrix_corner(tensor: Any, n: int = 3) -> Any:
     return get_corner(tensor, n)
 
 
+def composition_scores(left: Any, right: Any, broadcast_dims: bool = True) -> Any:
+    """Composition scores ``|L R|_F / (|L|_F |R|_F)`` of FactoredMatrix (or dense) circuits, e.g.
+    ``composition_scores(model.OV, model.QK)`` -> ``[n_layers, n_heads, n_layers, n_heads]``.
+    See :func:`glassbox.utilities.matrix.composition_scores`."""
+    from glassbox.utilities.matrix import composition_scores as scores
+
+    return scores(left, right, broadcast_dims=broadcast_dims)
+
+
 def transpose(tensor: Any) -> Any:
     """Swap the last two dimensions."""
     if is_torch(tensor):
@@ -351,16 +360,18 @@ class LocallyOverridenDefaults:
         self._saved: dict = {}
 
     def __enter__(self) -> "LocallyOverridenDefaults":
+        # validate everything before changing anything: a rejected argument leaves the model as it was
+        if self.padding_side is not None and self.padding_side not in ("left", "right"):
+            raise ValueError(f"padding_side must be 'left' or 'right', got {self.padding_side!r}")
+        if self.prepend_bos is not None and not isinstance(self.prepend_bos, (bool, np.bool_)):
+            raise ValueError(f"prepend_bos must be True, False or None, got {self.prepend_bos!r}")
         if self.prepend_bos is not None:
             self._saved["prepend_bos"] = self.model.cfg.default_prepend_bos
-            self.model.cfg.default_prepend_bos = self.prepend_bos
+            self.model.cfg.default_prepend_bos = bool(self.prepend_bos)
         tok = getattr(self.model, "tokenizer", None)
-        if self.padding_side is not None:
-            if self.padding_side not in ("left", "right"):
-                raise ValueError(f"padding_side must be 'left' or 'right', got {self.padding_side!r}")
-            if tok is not None:
-                self._saved["padding_side"] = tok.padding_side
-                tok.padding_side = self.padding_side
+        if self.padding_side is not None and tok is not None:
+            self._saved["padding_side"] = tok.padding_side
+            tok.padding_side = self.padding_side
         return self
 
     def __exit__(self, *exc: Any) -> None:
@@ -458,6 +469,7 @@ __all__ = [
     "get_corner",
     "get_matrix_corner",
     "transpose",
+    "composition_scores",
     "get_cumsum_along_dim",
     "get_offset_position_ids",
     "gelu_new",
@@ -475,9 +487,10 @@ __all__ = [
 def sample_logits(final_logits: Any, top_k: Optional[int] = None, top_p: Optional[float] = None,
                   temperature: float = 1.0, freq_penalty: float = 0.0,
                   repetition_penalty: float = 1.0, tokens: Any = None) -> Any:
-    """Next token ids [batch] from final-position logits [batch, d_vocab] (see
-    :func:`glassbox.generation.sample_logits`; ``temperature=0`` is greedy)."""
-    from glassbox.generation import sample_logits as _sample
+    """Next token ids [batch] from final-position logits [batch, d_vocab], TransformerLens's
+    ``sample_logits`` (``temperature=0`` is greedy). torch logits: drawn with torch's RNG exactly
+    as TransformerLens draws; NumPy logits: a NumPy draw. See :mod:`glassbox.sampling`."""
+    from glassbox.sampling import sample_logits as _sample
 
     return _sample(final_logits, top_k=top_k, top_p=top_p, temperature=temperature,
                    freq_penalty=freq_penalty, repetition_penalty=repetition_penalty, tokens=tokens)

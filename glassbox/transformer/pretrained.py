@@ -74,6 +74,10 @@ class PretrainedMixin:
         copies and cannot be edited in place or assigned. Weight processing is then *virtual*:
         the stored matrices are never rewritten, yet the model computes and shows exactly what
         TransformerLens's processed model does (see :mod:`glassbox.loading.virtual`).
+
+        Memory-mapped weights tie the model to its files: a file changed after loading makes
+        the next run raise ``WeightFileChangedError``. ``copy_weights=True`` copies them into RAM
+        at load instead (docs/reliability.md).
         """
         from glassbox.loading.pretrained import load_pretrained_parts
         from glassbox.utilities.devices import check_device
@@ -86,7 +90,7 @@ class PretrainedMixin:
         if n_devices != 1:
             raise NotImplementedError("glassbox runs on the CPU: n_devices must be 1")
         dtype = from_pretrained_kwargs.pop("torch_dtype", dtype)
-        load_kw = {k: from_pretrained_kwargs.pop(k) for k in ("revision", "cache_dir") if k in from_pretrained_kwargs}
+        load_kw = {k: from_pretrained_kwargs.pop(k) for k in ("revision", "cache_dir", "copy_weights") if k in from_pretrained_kwargs}
         dtype_name = _dtype_name(dtype)
         loaded = load_pretrained_parts(
             model_name, dtype=dtype_name, n_ctx=n_ctx, first_n_layers=first_n_layers, **load_kw

@@ -88,6 +88,9 @@ class WeightsMixin:
             else:
                 module._params[leaf] = np.array(arr, dtype=np.float32, order="C")
         self._engine_dirty = True
+        from glassbox.display import weight_storage
+
+        self.cfg.weight_dtype = "+".join(weight_storage(self))
 
     def state_dict(self, *args: Any, destination: Any = None, prefix: str = "", keep_vars: bool = False) -> Dict[str, Any]:
         """Parameters by TransformerLens name (views of the model's buffers; float32 copies,
@@ -388,12 +391,43 @@ class WeightsMixin:
 
     @property
     def QK(self):
+        """QK circuits: ``FactoredMatrix(W_Q, W_K^T)``, ``[n_layers, n_heads, d_model, d_model]``.
+
+        Only the factors are held (``[L, H, d_model, d_head]`` each; GQA: W_K repeat-interleaved
+        to n_heads, as TransformerLens); ``.AB`` multiplies out. ``model.QK[l, h]`` is one head."""
         from glassbox.components import _factored, _transpose
 
         return _factored(self.W_Q, _transpose(self.W_K))
 
     @property
     def OV(self):
+        """OV circuits: ``FactoredMatrix(W_V, W_O)``, ``[n_layers, n_heads, d_model, d_model]``.
+
+        Only the factors are held (GQA: W_V repeat-interleaved to n_heads); ``.AB`` multiplies
+        out (340 MB for GPT-2 small). ``model.OV[l, h]`` is one head."""
         from glassbox.components import _factored
 
         return _factored(self.W_V, self.W_O)
+
+    def all_composition_scores(self, mode: str) -> Any:
+        """Composition scores of every pair of heads, ``[n_layers, n_heads, n_layers, n_heads]``.
+
+        ``scores[l1, h1, l2, h2] = |OV_1 @ X_2|_F / (|OV_1|_F |X_2|_F)`` with ``X_2`` the QK
+        circuit of the later head (``mode="Q"``), its transpose (``"K"``) or its OV circuit
+        (``"V"``), as in A Mathematical Framework; zero unless ``l1 < l2``. See
+        :func:`glassbox.utils.composition_scores`.
+        """
+        from glassbox.utils import composition_scores
+
+        if mode not in ("Q", "K", "V"):
+            raise ValueError(f"mode must be one of ['Q', 'K', 'V'] not {mode}")
+        left = self.OV
+        right = {"Q": lambda: self.QK, "K": lambda: self.QK.T, "V": lambda: self.OV}[mode]()
+        scores = composition_scores(left, right, broadcast_dims=True)
+        L = self.cfg.n_layers
+        later = np.arange(L)[:, None, None, None] < np.arange(L)[None, None, :, None]
+        if hasattr(scores, "masked_fill"):  # torch
+            import torch
+
+            return scores.masked_fill(~torch.from_numpy(later).to(scores.device), 0.0)
+        return np.where(later, scores, np.zeros((), scores.dtype))

@@ -47,6 +47,9 @@ typedef struct {
     float *keys_all; /* [2][B, K, G*d]: every rotated key and value, for hook_rot_k with a KV cache */
     float *result;  /* [M, H, D] when use_attn_result */
     float *mlp_a, *mlp_b; /* [M, Dm] each */
+    const float *sf_pos; /* shortformer: [M, D] positional embedding for the q/k inputs, or NULL */
+    float *sf_own;       /* sf_pos when the engine computed it (owned) */
+    float *sf_in;        /* shortformer: [ln_rows, D] scratch, ln1 output + sf_pos */
 } gb_state;
 
 static inline int64_t slot(const gb_state *s, int site, int64_t layer) {
@@ -198,8 +201,9 @@ static int embed_stage(gb_state *s) {
             gb_embed_rows(s->resid, s->w->W_E, s->w->W_E_dtype, s->run->tokens, M, D);
         if (fire3(s, GB_SITE_EMBED, -1, s->resid, s->B, s->P, D)) return -1;
     }
-    if (c->pos == GB_POS_STANDARD) {
-        float *pe = s->tmp;
+    if (c->pos == GB_POS_STANDARD || c->pos == GB_POS_SHORTFORMER) {
+        /* shortformer keeps its positional embedding out of the residual */
+        float *pe = c->pos == GB_POS_SHORTFORMER ? s->sf_own : s->tmp;
         for (int64_t m = 0; m < M; m++) {
             if (!new_row_visible(s, m))
                 memset(pe + m * D, 0, (size_t)D * sizeof(float));
@@ -207,7 +211,7 @@ static int embed_stage(gb_state *s) {
                 memcpy(pe + m * D, s->w->W_pos + s->positions[m] * D, (size_t)D * sizeof(float));
         }
         if (fire3(s, GB_SITE_POS_EMBED, -1, pe, s->B, s->P, D)) return -1;
-        gb_add(s->resid, s->resid, pe, M * D);
+        if (c->pos == GB_POS_STANDARD) gb_add(s->resid, s->resid, pe, M * D);
     }
     return 0;
 }
@@ -283,10 +287,20 @@ static int attention_stage(gb_state *s, int64_t l) {
     float *outs[3] = {s->q, s->k, s->v};
     const int64_t heads[3] = {H, G, G};
     for (int i = 0; i < 3; i++) {
+        const float *x = normed[i];
+        if (i < 2 && s->sf_pos) {
+            /* shortformer: q and k read ln1(x) + pos_embed (per head: the same row for each) */
+            float *y = s->sf_in;
+            for (int64_t r = 0; r < M * nh[i]; r++) {
+                const float *pr = s->sf_pos + (r / nh[i]) * D;
+                for (int64_t j = 0; j < D; j++) y[r * D + j] = x[r * D + j] + pr[j];
+            }
+            x = y;
+        }
         if (nh[i] == 1) {
-            if (gb_gemm(outs[i], heads[i] * d, normed[i], D, Ws[i], bs[i], M, 0)) return -2;
+            if (gb_gemm(outs[i], heads[i] * d, x, D, Ws[i], bs[i], M, 0)) return -2;
         } else {
-            rc = project_per_head(outs[i], normed[i], Ws[i], bs[i], M, nh[i], D, d);
+            rc = project_per_head(outs[i], x, Ws[i], bs[i], M, nh[i], D, d);
             if (rc) return rc;
         }
     }
@@ -392,6 +406,7 @@ static int attention_stage(gb_state *s, int64_t l) {
     }
     if (fire3(s, GB_SITE_ATTN_OUT, l, attn_out, B, P, D)) return -1;
     gb_add(s->resid, s->resid, attn_out, M * D);
+    if (c->attn_only) return fire3(s, GB_SITE_RESID_POST, l, s->resid, B, P, D);
     return fire3(s, GB_SITE_RESID_MID, l, s->resid, B, P, D);
 }
 
@@ -552,8 +567,17 @@ int gb_forward(const gb_config *cfg, const gb_weights *w, const gb_plan *plan, c
         s->keys_all = xmalloc(n, &failed);
     }
     if (cfg->use_attn_result) s->result = xmalloc((size_t)(M * H * D) * f, &failed);
-    s->mlp_a = xmalloc((size_t)(M * Dm) * f, &failed);
-    if (cfg->gated_mlp) s->mlp_b = xmalloc((size_t)(M * Dm) * f, &failed);
+    if (!cfg->attn_only) s->mlp_a = xmalloc((size_t)(M * Dm) * f, &failed);
+    if (cfg->gated_mlp && !cfg->attn_only) s->mlp_b = xmalloc((size_t)(M * Dm) * f, &failed);
+    if (cfg->pos == GB_POS_SHORTFORMER) {
+        if (!run->residual_in || run->embeds_in) { /* the embed stage computes it */
+            s->sf_own = xmalloc((size_t)(M * D) * f, &failed);
+            s->sf_pos = s->sf_own;
+        } else {
+            s->sf_pos = run->shortformer_pos; /* may be NULL: no positional term, as in TL */
+        }
+        if (s->sf_pos) s->sf_in = xmalloc((size_t)(ln_rows * D) * f, &failed);
+    }
     if (!run->positions) s->positions = xmalloc((size_t)M * sizeof(int64_t), &failed);
 
     int rc = GB_OK;
@@ -575,7 +599,7 @@ int gb_forward(const gb_config *cfg, const gb_weights *w, const gb_plan *plan, c
     for (int64_t l = run->start_layer; l < run->stop_layer; l++) {
         if (fire3(s, GB_SITE_RESID_PRE, l, s->resid, s->B, s->P, D)) { rc = -1; goto done; }
         if ((rc = attention_stage(s, l)) != 0) goto done;
-        if ((rc = mlp_stage(s, l)) != 0) goto done;
+        if (!cfg->attn_only && (rc = mlp_stage(s, l)) != 0) goto done;
         if (plan && plan->poll && plan->poll(plan->ctx)) { rc = -1; goto done; }
     }
     if (run->stop_layer == cfg->n_layers && (run->final_norm || run->unembed)) {
@@ -591,22 +615,24 @@ done:
     free(s->resid); free(s->tmp); free(s->normed); free(s->scale); free(s->heads_in);
     free(s->q); free(s->k); free(s->v); free(s->z); free(s->scores); free(s->pattern);
     free(s->keys_all);
-    free(s->result); free(s->mlp_a); free(s->mlp_b);
+    free(s->result); free(s->mlp_a); free(s->mlp_b); free(s->sf_own); free(s->sf_in);
     return rc;
 }
 
 int gb_site_active(const gb_config *c, int site) {
     int normed = c->norm != GB_NORM_NONE;
     switch (site) {
-    case GB_SITE_POS_EMBED: return c->pos == GB_POS_STANDARD;
+    case GB_SITE_POS_EMBED: return c->pos != GB_POS_ROTARY;
+    case GB_SITE_RESID_MID: return !c->attn_only;
     case GB_SITE_ATTN_IN: return c->use_attn_in;
     case GB_SITE_Q_INPUT: case GB_SITE_K_INPUT: case GB_SITE_V_INPUT: return c->use_split_qkv_input;
-    case GB_SITE_LN1_SCALE: case GB_SITE_LN1_NORMALIZED:
-    case GB_SITE_LN2_SCALE: case GB_SITE_LN2_NORMALIZED: return normed;
+    case GB_SITE_LN1_SCALE: case GB_SITE_LN1_NORMALIZED: return normed;
+    case GB_SITE_LN2_SCALE: case GB_SITE_LN2_NORMALIZED: return normed && !c->attn_only;
+    case GB_SITE_MLP_PRE: case GB_SITE_MLP_POST: case GB_SITE_MLP_OUT: return !c->attn_only;
     case GB_SITE_ROT_Q: case GB_SITE_ROT_K: return c->pos == GB_POS_ROTARY;
     case GB_SITE_RESULT: return c->use_attn_result;
-    case GB_SITE_MLP_IN: return c->use_hook_mlp_in;
-    case GB_SITE_MLP_PRE_LINEAR: return c->gated_mlp;
+    case GB_SITE_MLP_IN: return c->use_hook_mlp_in && !c->attn_only;
+    case GB_SITE_MLP_PRE_LINEAR: return c->gated_mlp && !c->attn_only;
     case GB_SITE_LNF_SCALE: case GB_SITE_LNF_NORMALIZED: return c->final_norm != GB_NORM_NONE;
     default: return site >= 0 && site < GB_SITE_COUNT;
     }

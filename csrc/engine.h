@@ -65,7 +65,9 @@ typedef struct {
 extern const gb_site_info gb_sites[GB_SITE_COUNT];
 
 typedef enum { GB_NORM_NONE = 0, GB_NORM_LN, GB_NORM_LNPRE, GB_NORM_RMS, GB_NORM_RMSPRE } gb_norm_type;
-typedef enum { GB_POS_STANDARD = 0, GB_POS_ROTARY = 1 } gb_pos_type;
+/* SHORTFORMER: learned positions added to the query and key inputs of every
+ * attention layer (after ln1) instead of to the residual stream. */
+typedef enum { GB_POS_STANDARD = 0, GB_POS_ROTARY = 1, GB_POS_SHORTFORMER = 2 } gb_pos_type;
 
 typedef struct {
     int64_t n_layers, d_model, n_heads, n_kv_heads, d_head, d_mlp, d_vocab, d_vocab_out, n_ctx;
@@ -75,6 +77,7 @@ typedef struct {
     int pos;        /* gb_pos_type */
     int act;        /* gb_act */
     int gated_mlp;
+    int attn_only; /* blocks have no ln2 / MLP: resid_post = resid_pre + attn_out */
     float attn_scale;
     int scale_attn_by_inverse_layer_idx;
     int64_t rotary_dim;
@@ -147,6 +150,9 @@ typedef struct {
                                   positions are added (hook_pos_embed), hook_embed skipped */
     const int32_t *attn_mask;  /* [B*K] 0/1 over past + new positions, or NULL */
     const int64_t *positions;  /* [B*P] of the new positions, or NULL (past..past+P-1) */
+    /* shortformer with residual_in: the positional embedding [B*P*D] added to
+     * the q/k inputs, or NULL for none (TL's shortformer_pos_embed argument) */
+    const float *shortformer_pos;
     int64_t start_layer, stop_layer; /* blocks [start, stop) */
     int final_norm, unembed;   /* after the last block (stop == n_layers only) */
     float *out;                /* [B*P*V_out] logits, or [B*P*D] */

@@ -330,7 +330,7 @@ static int Model_init(GbModel *self, PyObject *args, PyObject *kwds) {
         cfg_choice(cfg, "normalization_type", norm_names, 5, &c.norm) ||
         cfg_choice(cfg, "final_normalization_type", norm_names, 5, &c.final_norm) ||
         cfg_choice(cfg, "act_fn", act_names, GB_ACT_COUNT, &c.act) ||
-        cfg_bool(cfg, "gated_mlp", &c.gated_mlp) ||
+        cfg_bool(cfg, "gated_mlp", &c.gated_mlp) || cfg_bool(cfg, "attn_only", &c.attn_only) ||
         cfg_float(cfg, "attn_scale", 1, 0, &c.attn_scale) ||
         cfg_bool(cfg, "scale_attn_by_inverse_layer_idx", &c.scale_attn_by_inverse_layer_idx) ||
         cfg_int(cfg, "rotary_dim", 0, 0, &c.rotary_dim) ||
@@ -341,8 +341,8 @@ static int Model_init(GbModel *self, PyObject *args, PyObject *kwds) {
         return -1;
     c.window = tmp;
     {
-        static const char *const pos_names[] = {"standard", "rotary"};
-        if (cfg_choice(cfg, "positional_embedding_type", pos_names, 2, &c.pos)) return -1;
+        static const char *const pos_names[] = {"standard", "rotary", "shortformer"};
+        if (cfg_choice(cfg, "positional_embedding_type", pos_names, 3, &c.pos)) return -1;
     }
     if (c.n_layers < 0 || c.d_model <= 0 || c.n_heads <= 0 || c.d_head <= 0 || c.d_mlp <= 0 ||
         c.d_vocab <= 0 || c.n_ctx <= 0 || c.n_kv_heads <= 0 || c.n_heads % c.n_kv_heads != 0) {
@@ -424,7 +424,7 @@ static int Model_init(GbModel *self, PyObject *args, PyObject *kwds) {
             w->W_E_dtype = GB_F32;
         }
     }
-    if (!err && c.pos == GB_POS_STANDARD) w->W_pos = weight(self, weights, "pos_embed.W_pos", 1, 2, sh_ND, &err);
+    if (!err && c.pos != GB_POS_ROTARY) w->W_pos = weight(self, weights, "pos_embed.W_pos", 1, 2, sh_ND, &err);
     if (!err && c.pos == GB_POS_ROTARY) {
         int64_t sh[1] = {c.rotary_dim / 2};
         w->rotary_inv_freq = weight(self, weights, "rotary_inv_freq", 1, 1, sh, &err);
@@ -461,10 +461,10 @@ static int Model_init(GbModel *self, PyObject *args, PyObject *kwds) {
         int64_t sbQ[2] = {H, d}, sbK[2] = {G, d}, sM[1] = {Dm};
         if (blk_has_w) {
             lw->ln1_w = weight(self, weights, NAME("ln1.w"), 1, 1, sh_D, &err);
-            if (!err) lw->ln2_w = weight(self, weights, NAME("ln2.w"), 1, 1, sh_D, &err);
+            if (!err && !c.attn_only) lw->ln2_w = weight(self, weights, NAME("ln2.w"), 1, 1, sh_D, &err);
             if (!err && c.norm == GB_NORM_LN) {
                 lw->ln1_b = weight(self, weights, NAME("ln1.b"), 0, 1, sh_D, &err);
-                if (!err) lw->ln2_b = weight(self, weights, NAME("ln2.b"), 0, 1, sh_D, &err);
+                if (!err && !c.attn_only) lw->ln2_b = weight(self, weights, NAME("ln2.b"), 0, 1, sh_D, &err);
             }
         }
         if (!err && matrix_weight(self, weights, NAME("attn.W_Q"), 1, TL_HEADS_IN, H, D, H * d, &lw->W_Q) < 0) err = 1;
@@ -475,6 +475,7 @@ static int Model_init(GbModel *self, PyObject *args, PyObject *kwds) {
         if (!err) lw->b_K = weight(self, weights, NAME("attn.b_K"), 0, 2, sbK, &err);
         if (!err) lw->b_V = weight(self, weights, NAME("attn.b_V"), 0, 2, sbK, &err);
         if (!err) lw->b_O = weight(self, weights, NAME("attn.b_O"), 0, 1, sh_D, &err);
+        if (c.attn_only) continue; /* no MLP weights */
         if (!err && matrix_weight(self, weights, NAME("mlp.W_in"), 1, TL_PLAIN, 0, D, Dm, &lw->W_in) < 0) err = 1;
         if (!err && c.gated_mlp &&
             matrix_weight(self, weights, NAME("mlp.W_gate"), 1, TL_PLAIN, 0, D, Dm, &lw->W_gate) < 0) err = 1;
@@ -662,21 +663,21 @@ static int parse_kv_cache(GbModel *self, PyObject *kv, int64_t B, int64_t P, PyO
 static PyObject *Model_forward(GbModel *self, PyObject *args, PyObject *kwds) {
     static char *kwlist[] = {"tokens", "residual", "attention_mask", "positions", "start_at_layer",
                              "stop_at_layer", "final_norm", "unembed", "cache", "hooks", "callback",
-                             "embeds", "kv_cache", NULL};
+                             "embeds", "kv_cache", "shortformer_pos_embed", NULL};
     PyObject *tokens_o = Py_None, *resid_o = Py_None, *mask_o = Py_None, *pos_o = Py_None,
              *stop_o = Py_None, *cache_o = Py_None, *hooks_o = Py_None, *cb = Py_None,
-             *embeds_o = Py_None, *kv_o = Py_None;
+             *embeds_o = Py_None, *kv_o = Py_None, *sfpos_o = Py_None;
     Py_ssize_t start = 0;
     int final_norm = 1, unembed = 1;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "|O$OOOnOppOOOOO", kwlist, &tokens_o, &resid_o,
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "|O$OOOnOppOOOOOO", kwlist, &tokens_o, &resid_o,
                                      &mask_o, &pos_o, &start, &stop_o, &final_norm, &unembed,
-                                     &cache_o, &hooks_o, &cb, &embeds_o, &kv_o))
+                                     &cache_o, &hooks_o, &cb, &embeds_o, &kv_o, &sfpos_o))
         return NULL;
     if (model_ready(self)) return NULL;
     const gb_config *c = &self->cfg;
     const int64_t L = c->n_layers, D = c->d_model;
 
-    PyArrayObject *tokens = NULL, *resid = NULL, *mask = NULL, *pos = NULL, *out = NULL;
+    PyArrayObject *tokens = NULL, *resid = NULL, *mask = NULL, *pos = NULL, *out = NULL, *sfpos = NULL;
     PyObject *keep = NULL; /* references held for the run */
     uint8_t *mode = NULL;
     float **cache = NULL;
@@ -744,6 +745,23 @@ static PyObject *Model_forward(GbModel *self, PyObject *args, PyObject *kwds) {
             }
         }
     }
+    if (sfpos_o != Py_None) {
+        if (c->pos != GB_POS_SHORTFORMER || !resid) {
+            PyErr_SetString(PyExc_ValueError, "shortformer_pos_embed is only used by shortformer models "
+                                              "run from a residual (start_at_layer)");
+            goto fail;
+        }
+        sfpos = (PyArrayObject *)PyArray_FROM_OTF(sfpos_o, NPY_FLOAT32, NPY_ARRAY_IN_ARRAY | NPY_ARRAY_FORCECAST);
+        if (!sfpos) goto fail;
+        if (PyArray_NDIM(sfpos) != 3 || PyArray_DIM(sfpos, 0) != B || PyArray_DIM(sfpos, 1) != P ||
+            PyArray_DIM(sfpos, 2) != D) {
+            PyObject *got = array_shape_tuple(sfpos);
+            if (got) PyErr_Format(PyExc_ValueError, "shortformer_pos_embed has shape %R, expected (%lld, %lld, %lld)",
+                                  got, (long long)B, (long long)P, (long long)D);
+            Py_XDECREF(got);
+            goto fail;
+        }
+    }
     keep = PyList_New(0);
     if (!keep) goto fail;
     if (kv_o != Py_None) {
@@ -756,7 +774,7 @@ static PyObject *Model_forward(GbModel *self, PyObject *args, PyObject *kwds) {
         if (parse_kv_cache(self, kv_o, B, P, keep, kv_keys, kv_values, &past, &kv_cap)) goto fail;
     }
     const int64_t K = past + P; /* keys attended: cached + new */
-    if (c->pos == GB_POS_STANDARD && K > c->n_ctx && pos_o == Py_None) {
+    if (c->pos != GB_POS_ROTARY && K > c->n_ctx && pos_o == Py_None) {
         if (past)
             PyErr_Format(PyExc_ValueError, "%lld cached + %lld new positions exceed the model's context n_ctx=%lld",
                          (long long)past, (long long)P, (long long)c->n_ctx);
@@ -787,7 +805,7 @@ static PyObject *Model_forward(GbModel *self, PyObject *args, PyObject *kwds) {
         }
         const int64_t *p = PyArray_DATA(pos);
         for (int64_t i = 0; i < B * P; i++) {
-            if (p[i] < 0 || (c->pos == GB_POS_STANDARD && p[i] >= c->n_ctx)) {
+            if (p[i] < 0 || (c->pos != GB_POS_ROTARY && p[i] >= c->n_ctx)) {
                 PyErr_Format(PyExc_ValueError, "position id %lld at [batch %lld, pos %lld] is out of range [0, %lld)",
                              (long long)p[i], (long long)(i / P), (long long)(i % P), (long long)c->n_ctx);
                 goto fail;
@@ -873,6 +891,7 @@ static PyObject *Model_forward(GbModel *self, PyObject *args, PyObject *kwds) {
         .kv_keys = kv_keys, .kv_values = kv_values, .past = past, .kv_cap = kv_cap,
         .attn_mask = mask ? PyArray_DATA(mask) : NULL,
         .positions = pos ? PyArray_DATA(pos) : NULL,
+        .shortformer_pos = sfpos ? PyArray_DATA(sfpos) : NULL,
         .start_layer = start, .stop_layer = stop,
         .final_norm = final_norm, .unembed = unembed,
         .out = PyArray_DATA(out),
@@ -908,6 +927,7 @@ fail:
     Py_XDECREF(resid);
     Py_XDECREF(mask);
     Py_XDECREF(pos);
+    Py_XDECREF(sfpos);
     Py_XDECREF(keep);
     PyMem_Free(mode);
     PyMem_Free(cache);

@@ -52,6 +52,24 @@ from glassbox.transformer.tokens import TokensMixin
 from glassbox.transformer.weights import WeightsMixin
 
 
+def _dtype_name(x: Any) -> Optional[str]:
+    """"float32", "bfloat16"... for a torch / NumPy dtype or a dtype name; None for anything else
+    (a device)."""
+    if isinstance(x, np.dtype):
+        return x.name
+    if isinstance(x, type):
+        try:
+            return np.dtype(x).name
+        except TypeError:
+            return None
+    if type(x).__name__ == "dtype" and type(x).__module__.startswith("torch"):
+        return str(x).replace("torch.", "")
+    if isinstance(x, str) and x.replace("torch.", "") in (
+            "float32", "float", "float16", "half", "bfloat16", "float64", "double"):
+        return x.replace("torch.", "")
+    return None
+
+
 class HookedTransformer(PretrainedMixin, WeightsMixin, TokensMixin, EngineMixin, RunMixin, HookedRootModule):
     """A decoder-only transformer with hook points everywhere (TransformerLens API).
 
@@ -77,6 +95,9 @@ class HookedTransformer(PretrainedMixin, WeightsMixin, TokensMixin, EngineMixin,
                 "load a pretrained model, use HookedTransformer.from_pretrained() instead."
             )
         self.cfg = HookedTransformerConfig.unwrap(cfg)
+        from glassbox.utilities.devices import check_device
+
+        check_device(self.cfg.device, "cfg.device")
         self._engine = None
         self._engine_dirty = True
         self._run: Optional[_RunState] = None
@@ -85,6 +106,10 @@ class HookedTransformer(PretrainedMixin, WeightsMixin, TokensMixin, EngineMixin,
         self._virtual = None  # glassbox.loading.virtual.VirtualProcessing for stored-dtype weights
         self._check_finite = False  # set_check_finite
         self.tokenizer: Optional[Tokenizer] = None
+        if tokenizer is None and self.cfg.tokenizer_name is not None:
+            from glassbox.transformer.tokens import tokenizer_from_name
+
+            tokenizer = tokenizer_from_name(self.cfg.tokenizer_name)
         if tokenizer is not None:
             self.set_tokenizer(tokenizer, default_padding_side=default_padding_side)
         else:
@@ -223,15 +248,37 @@ class HookedTransformer(PretrainedMixin, WeightsMixin, TokensMixin, EngineMixin,
     def get_device(self) -> str:
         return "cpu"
 
-    def to(self, *args: Any, **kwargs: Any) -> "HookedTransformer":
-        """No-op (glassbox runs on the CPU in float32); kept for script compatibility."""
+    def to(self, device_or_dtype: Any, print_details: bool = True) -> "HookedTransformer":
+        """TransformerLens's ``model.to(device or dtype)``. glassbox computes on the CPU in
+        float32: ``"cpu"`` / ``torch.device("cpu")`` / float32 leave the model as it is; any other
+        device raises ``RuntimeError`` (nothing is moved, so saying yes would be a lie) and any
+        other dtype ``ValueError`` (load with ``from_pretrained(..., dtype=...)`` to keep weights
+        in bf16/f16)."""
+        from glassbox.utilities.devices import check_device
+
+        name = _dtype_name(device_or_dtype)
+        if name is not None:
+            if name not in ("float32", "float"):
+                raise ValueError(
+                    f"cannot convert the model to {device_or_dtype}: glassbox computes in float32; to keep "
+                    f"weights in bfloat16/float16 load with from_pretrained(..., dtype={name!r})")
+            return self
+        check_device(device_or_dtype, "device")
+        if print_details:
+            print("Moving model to device: ", device_or_dtype)
+        self.cfg.device = "cpu"
         return self
 
     def cpu(self) -> "HookedTransformer":
-        return self
+        return self.to("cpu", print_details=False)
 
-    def cuda(self, *args: Any, **kwargs: Any) -> "HookedTransformer":
-        raise NotImplementedError("glassbox runs on the CPU only")
+    def cuda(self, device: Any = None) -> "HookedTransformer":
+        """Always ``RuntimeError``: glassbox has no GPU path."""
+        return self.to("cuda" if device is None else (f"cuda:{device}" if isinstance(device, int) else device))
+
+    def mps(self) -> "HookedTransformer":
+        """Always ``RuntimeError``: glassbox has no GPU path."""
+        return self.to("mps")
 
     def eval(self) -> "HookedTransformer":
         return self

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import difflib
 import logging
+import sys
 import threading
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -27,22 +28,53 @@ NamesFilter = Optional[Union[Callable[[str], bool], Sequence[str], str]]
 HookFunction = Callable[..., Any]
 
 
+def _is_torch_module(x: Any) -> bool:
+    torch = sys.modules.get("torch")
+    return torch is not None and isinstance(x, torch.nn.Module)
+
+
+def _torch_children(mod: Any) -> Iterator[tuple[str, Any]]:
+    """Children of a torch ``nn.Module`` in a glassbox tree: its registered submodules, then the
+    glassbox modules (e.g. :class:`HookPoint`) kept as plain attributes."""
+    seen = set()
+    for key, value in mod._modules.items():
+        if value is not None:
+            seen.add(key)
+            yield key, value
+    for key, value in vars(mod).items():
+        if key not in seen and not key.startswith("_") and isinstance(value, Module):
+            yield key, value
+
+
+def _named_modules_of(obj: Any, prefix: str) -> Iterator[tuple[str, Any]]:
+    if isinstance(obj, Module):
+        yield from obj.named_modules(prefix)
+        return
+    yield prefix, obj
+    for key, child in _torch_children(obj):
+        yield from _named_modules_of(child, f"{prefix}.{key}" if prefix else key)
+
+
 class Module:
-    """Minimal stand-in for ``torch.nn.Module``: attribute order defines the tree."""
+    """Minimal stand-in for ``torch.nn.Module``: attribute order defines the tree.
+
+    A glassbox module may hold torch ``nn.Module`` children (as in a user's own
+    :class:`HookedRootModule` subclass built from torch layers): they and the hook points inside
+    them are part of the tree."""
 
     name: Optional[str] = None
 
-    def named_children(self) -> Iterator[tuple[str, "Module"]]:
+    def named_children(self) -> Iterator[tuple[str, Any]]:
         for key, value in vars(self).items():
             if key.startswith("_"):
                 continue
-            if isinstance(value, Module):
+            if isinstance(value, Module) or _is_torch_module(value):
                 yield key, value
 
-    def named_modules(self, prefix: str = "") -> Iterator[tuple[str, "Module"]]:
+    def named_modules(self, prefix: str = "") -> Iterator[tuple[str, Any]]:
         yield prefix, self
         for key, child in self.named_children():
-            yield from child.named_modules(f"{prefix}.{key}" if prefix else key)
+            yield from _named_modules_of(child, f"{prefix}.{key}" if prefix else key)
 
     def modules(self) -> Iterator["Module"]:
         for _, m in self.named_modules():
@@ -258,11 +290,11 @@ class HookedRootModule(Module):
         self.hook_dict: dict[str, HookPoint] = {}
 
     # the bookkeeping attributes are not children
-    def named_children(self) -> Iterator[tuple[str, Module]]:
+    def named_children(self) -> Iterator[tuple[str, Any]]:
         for key, value in vars(self).items():
             if key.startswith("_") or key in ("mod_dict", "hook_dict"):
                 continue
-            if isinstance(value, Module):
+            if isinstance(value, Module) or _is_torch_module(value):
                 yield key, value
 
     def setup(self) -> None:
@@ -435,6 +467,28 @@ class HookedRootModule(Module):
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:  # pragma: no cover - abstract
         raise NotImplementedError
+
+    def run_with_cache(
+        self,
+        *model_args: Any,
+        names_filter: NamesFilter = None,
+        device: Any = None,
+        remove_batch_dim: bool = False,
+        incl_bwd: bool = False,
+        reset_hooks_end: bool = True,
+        clear_contexts: bool = False,
+        pos_slice: Any = None,
+        **model_kwargs: Any,
+    ) -> tuple[Any, dict]:
+        """Run ``forward`` with caching hooks on every hook point ``names_filter`` selects and
+        return ``(output, cache)``, ``cache`` a dict ``{hook name: activation}`` in firing order
+        (a model's own subclass, e.g. a small torch model with :class:`HookPoint` attributes;
+        :class:`~glassbox.HookedTransformer` overrides this and returns an ActivationCache)."""
+        cache, fwd, bwd = self.get_caching_hooks(names_filter, incl_bwd, device, remove_batch_dim=remove_batch_dim,
+                                                 pos_slice=pos_slice)
+        with self.hooks(fwd_hooks=fwd, bwd_hooks=bwd, reset_hooks_end=reset_hooks_end, clear_contexts=clear_contexts):
+            out = self(*model_args, **model_kwargs)
+        return out, cache
 
     # -- caching -------------------------------------------------------------------------------
     def get_caching_hooks(

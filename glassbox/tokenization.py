@@ -322,7 +322,20 @@ class Tokenizer:
         return self._decode_fn(ids)
 
     def batch_decode(self, sequences: Any, skip_special_tokens: bool = False, clean_up_tokenization_spaces: bool = False, **kw: Any) -> List[str]:
-        return [self.decode(s, skip_special_tokens=skip_special_tokens) for s in sequences]
+        """A list of texts, one per sequence of ``sequences`` ([batch, pos] array / tensor or
+        a list of id lists). A single flat sequence of ids (1-d array, list of ints) gives a
+        one-element list, as transformers 5 does."""
+        from glassbox.arrays import is_torch, to_numpy
+
+        if is_torch(sequences) or isinstance(sequences, np.ndarray):
+            arr = np.asarray(to_numpy(sequences))
+            if arr.ndim <= 1:
+                return [self.decode(arr, skip_special_tokens=skip_special_tokens)]
+            return [self.decode(row, skip_special_tokens=skip_special_tokens) for row in arr]
+        seqs = list(sequences)
+        if seqs and all(isinstance(s, (int, np.integer)) for s in seqs):
+            return [self.decode(seqs, skip_special_tokens=skip_special_tokens)]
+        return [self.decode(s, skip_special_tokens=skip_special_tokens) for s in seqs]
 
     def __repr__(self) -> str:
         return (

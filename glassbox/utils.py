@@ -434,19 +434,28 @@ def test_prompt(
         ranks = [int(np.where(order[i] == ans_tok[i])[0][0]) for i in range(n_answers)]
         answer_ranks.append(list(zip(ans_str, ranks)))
         if print_details:
-            print(f"Performance on answer token{'s' if multi else ''}:")
-            for i in range(n_answers):
-                print(
-                    f"Rank: {ranks[i]: <8} Logit: {logits[i, index - 1, ans_tok[i]]:5.2f} "
-                    f"Prob: {tp[i, ans_tok[i]]:6.2%} Token: |{ans_str[i]}|"
-                )
+            _rich_print(f"Performance on answer token{'s' if multi else ''}:\n" + "\n".join(
+                f"[b]Rank: {ranks[i]: <8} Logit: {logits[i, index - 1, ans_tok[i]]:5.2f} "
+                f"Prob: {tp[i, ans_tok[i]]:6.2%} Token: |{ans_str[i]}|[/b]" for i in range(n_answers)))
             for k in range(top_k):
                 tok_id = int(order[0, k])
                 print(
                     f"Top {k}th token. Logit: {logits[0, index - 1, tok_id]:5.2f} "
                     f"Prob: {tp[0, tok_id]:6.2%} Token: |{model.to_string(tok_id)}|"
                 )
-    print("Ranks of the answer tokens:", [r for step in answer_ranks for r in step])
+    shown = answer_ranks if multi else [step[0] for step in answer_ranks]
+    _rich_print(f"[b]Ranks of the answer tokens:[/b] {shown}")
+
+
+def _rich_print(text: str) -> None:
+    """Print with ``rich`` when it is installed (bold markup, wrapping at the console width, as
+    TransformerLens's test_prompt prints), else plainly without the markup."""
+    try:
+        from rich import print as rprint
+    except ImportError:
+        print(re.sub(r"\[/?b\]", "", text))
+    else:
+        rprint(text)
 
 
 __all__ = [
@@ -485,3 +494,35 @@ def sample_logits(final_logits: Any, top_k: Optional[int] = None, top_p: Optiona
 
     return _sample(final_logits, top_k=top_k, top_p=top_p, temperature=temperature,
                    freq_penalty=freq_penalty, repetition_penalty=repetition_penalty, tokens=tokens)
+
+
+def solu(x: Any) -> Any:
+    """SoLU activation: ``x * softmax(x)`` over the last axis."""
+    if is_torch(x):
+        return x * x.softmax(dim=-1)
+    a = np.asarray(x, dtype=np.float64)
+    e = np.exp(a - a.max(-1, keepdims=True))
+    return (a * e / e.sum(-1, keepdims=True)).astype(np.asarray(x).dtype)
+
+
+# The rest of TransformerLens's utilities, one module per topic (glassbox.utilities.*).
+from glassbox.utilities.devices import get_device, print_gpu_mem, warn_if_mps  # noqa: E402
+from glassbox.utilities.hub_utils import (  # noqa: E402
+    clear_huggingface_cache, download_file_from_hf, get_dataset, is_library_available)
+from glassbox.utilities.initialization import (  # noqa: E402
+    calc_fan_in_and_fan_out, init_kaiming_normal_, init_kaiming_uniform_, init_xavier_normal_,
+    init_xavier_uniform_)
+from glassbox.utilities.tensors import (  # noqa: E402
+    check_structure, filter_dict_by_prefix, get_nested_attr, is_lower_triangular, is_square,
+    repeat_along_head_dimension, set_nested_attr)
+from glassbox.utilities.tokenize_utils import (  # noqa: E402
+    get_tokenizer_with_bos, keep_single_column, tokenize_and_concatenate)
+
+__all__ += [
+    "solu", "sample_logits", "get_device", "print_gpu_mem", "warn_if_mps", "clear_huggingface_cache",
+    "download_file_from_hf", "get_dataset", "is_library_available", "calc_fan_in_and_fan_out",
+    "init_kaiming_normal_", "init_kaiming_uniform_", "init_xavier_normal_", "init_xavier_uniform_",
+    "check_structure", "filter_dict_by_prefix", "get_nested_attr", "is_lower_triangular", "is_square",
+    "repeat_along_head_dimension", "set_nested_attr", "get_tokenizer_with_bos", "keep_single_column",
+    "tokenize_and_concatenate",
+]

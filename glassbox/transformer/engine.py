@@ -21,13 +21,11 @@ class EngineMixin:
     def _check_supported(self) -> None:
         cfg = self.cfg
         problems = []
-        if cfg.attn_only:
-            problems.append("attn_only")
         if cfg.parallel_attn_mlp:
             problems.append("parallel_attn_mlp")
-        if cfg.positional_embedding_type not in ("standard", "rotary"):
+        if cfg.positional_embedding_type not in ("standard", "rotary", "shortformer"):
             problems.append(f"positional_embedding_type={cfg.positional_embedding_type!r}")
-        if cfg.act_fn not in _ENGINE_ACTS:
+        if not cfg.attn_only and cfg.act_fn not in _ENGINE_ACTS:
             problems.append(f"act_fn={cfg.act_fn!r}")
         for flag in ("use_qk_norm", "post_embedding_ln", "use_normalization_before_and_after", "use_yarn_rope", "use_attention_sinks"):
             if getattr(cfg, flag, False):
@@ -65,8 +63,9 @@ class EngineMixin:
             "final_normalization_type": final_norm_kind(cfg) or "none",
             "eps": float(cfg.eps),
             "positional_embedding_type": cfg.positional_embedding_type,
-            "act_fn": cfg.act_fn,
+            "act_fn": cfg.act_fn if cfg.act_fn in _ENGINE_ACTS else "relu",  # unused when attn_only
             "gated_mlp": bool(cfg.gated_mlp),
+            "attn_only": bool(cfg.attn_only),
             "attn_scale": float(cfg.attn_scale) if cfg.use_attn_scale else 1.0,
             "scale_attn_by_inverse_layer_idx": bool(cfg.scale_attn_by_inverse_layer_idx),
             "rotary_dim": int(cfg.rotary_dim or 0),

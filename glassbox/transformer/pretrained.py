@@ -80,7 +80,9 @@ class PretrainedMixin:
         at load instead (docs/reliability.md).
         """
         from glassbox.loading.pretrained import load_pretrained_parts
+        from glassbox.utilities.devices import check_device
 
+        check_device(device, "device")
         if checkpoint_index is not None or checkpoint_value is not None:
             raise NotImplementedError("training checkpoints are not supported by glassbox")
         if hf_model is not None:
@@ -107,7 +109,9 @@ class PretrainedMixin:
         cfg = HookedTransformerConfig(**cfg_fields)
         if tokenizer is None:
             tokenizer = _load_tokenizer(loaded)
+        name, cfg.tokenizer_name = cfg.tokenizer_name, None  # the tokenizer (if any) was loaded above
         model = cls(cfg, tokenizer=tokenizer, default_padding_side=default_padding_side)
+        model.cfg.tokenizer_name = name
         from glassbox.loading.virtual import has_stored
 
         if dtype_name in ("float16", "bfloat16") and fold_ln and not has_stored(loaded.state_dict):

@@ -144,7 +144,7 @@ class RunMixin:
 
     def _validate_tokens(self, tokens: np.ndarray, check_n_ctx: bool = True) -> np.ndarray:
         """``tokens`` [B, P] of any integer dtype, checked, as int64."""
-        n_ctx = self.cfg.n_ctx if check_n_ctx and self.cfg.positional_embedding_type == "standard" else None
+        n_ctx = self.cfg.n_ctx if check_n_ctx and self.cfg.positional_embedding_type in ("standard", "shortformer") else None
         return check_tokens(tokens, int(self.embed._params["W_E"].shape[0]), n_ctx)
 
     def forward(
@@ -179,21 +179,23 @@ class RunMixin:
         ``hook_attn_scores`` / ``hook_pattern`` [batch, head, new, cached + new] and
         ``hook_rot_k`` [batch, cached + new, kv_head, d_head].
         """
-        if shortformer_pos_embed is not None:
-            raise NotImplementedError("shortformer models are not supported by glassbox")
         return self._forward(input, return_type, loss_per_token, prepend_bos, padding_side, start_at_layer,
-                             tokens, attention_mask, stop_at_layer, past_kv_cache)
+                             tokens, attention_mask, stop_at_layer, past_kv_cache,
+                             shortformer_pos_embed=shortformer_pos_embed)
 
     def _forward(self, input: Any, return_type: Optional[str] = "logits", loss_per_token: bool = False,
                  prepend_bos: Any = USE_DEFAULT_VALUE, padding_side: Any = USE_DEFAULT_VALUE,
                  start_at_layer: Optional[int] = None, tokens: Any = None, attention_mask: Any = None,
                  stop_at_layer: Optional[int] = None, past_kv_cache: Any = None, *,
-                 input_embeds: Any = None, embed_hooks: bool = True, torch_mode: Optional[bool] = None) -> Any:
+                 input_embeds: Any = None, embed_hooks: bool = True, torch_mode: Optional[bool] = None,
+                 shortformer_pos_embed: Any = None) -> Any:
         """``forward`` plus switches for ``generate``: ``input_embeds`` (token embeddings
         [batch, pos, d_model] instead of ``input``; positions are added, as TL's generate does
         with embeddings), ``embed_hooks=False`` (``hook_tokens`` / ``hook_embed`` do not
         fire: TL's generate embeds tokens without them) and ``torch_mode`` (the array kind of
-        outputs and hook arguments, instead of deciding it from the input)."""
+        outputs and hook arguments, instead of deciding it from the input). ``shortformer_pos_embed``
+        (with ``start_at_layer``, shortformer models): the positional embedding added to the q/k
+        inputs (None: none, as in TransformerLens)."""
         kv = _as_kv_cache(past_kv_cache)
         if torch_mode is None:
             torch_mode = wants_torch(input if input_embeds is None else input_embeds)
@@ -245,6 +247,12 @@ class RunMixin:
                 past = kv_args[2] if kv_args is not None else 0
                 positions = np.ascontiguousarray(
                     np.maximum(np.cumsum(mask, axis=1) - 1, 0)[:, past:].astype(np.int64))
+            sf_pos = None
+            if residual is not None and shortformer_pos_embed is not None:
+                if self.cfg.positional_embedding_type != "shortformer":
+                    raise ValueError("shortformer_pos_embed is only used by shortformer models "
+                                     f"(positional_embedding_type={self.cfg.positional_embedding_type!r})")
+                sf_pos = asarray_f32(shortformer_pos_embed)
             if kv is not None:
                 kv._in_use = True
             try:
@@ -262,6 +270,7 @@ class RunMixin:
                     embeds=embeds,
                     kv=kv_args,
                     embed_hooks=embed_hooks,
+                    shortformer_pos_embed=sf_pos,
                 )
             finally:
                 if kv is not None:
@@ -363,7 +372,7 @@ class RunMixin:
         return names
 
     def _run_engine(self, tokens, residual, mask, positions, start, stop, return_type, torch_mode, B, P, *,
-                    embeds=None, kv=None, embed_hooks=True):
+                    embeds=None, kv=None, embed_hooks=True, shortformer_pos_embed=None):
         engine = self._get_engine()
         loaded_files_unchanged(self)  # a weights file changed since loading: refuse (not SIGBUS)
         L = self.cfg.n_layers
@@ -406,6 +415,8 @@ class RunMixin:
             final_norm=final,
             unembed=unembed,
         )
+        if shortformer_pos_embed is not None:
+            kwargs["shortformer_pos_embed"] = shortformer_pos_embed
         if cache:
             kwargs["cache"] = cache
         if embeds is not None:
@@ -518,3 +529,32 @@ class RunMixin:
         if return_cache_object:
             return out, ActivationCache(cache_dict, self, has_batch_dim=not remove_batch_dim)
         return out, cache_dict
+
+    def input_to_embed(
+        self,
+        input: Any,
+        prepend_bos: Optional[bool] = USE_DEFAULT_VALUE,
+        padding_side: Optional[str] = USE_DEFAULT_VALUE,
+        attention_mask: Any = None,
+        past_kv_cache: Any = None,
+    ) -> Tuple[Any, Any, Any, Any]:
+        """What enters block 0 (TransformerLens's ``input_to_embed``): ``(residual [batch, pos,
+        d_model], tokens [batch, pos], shortformer_pos_embed or None, attention_mask or None)``.
+        ``hook_embed`` / ``hook_pos_embed`` hooks run. The mask is the one a forward pass would use
+        (left padding or an explicit mask), else None."""
+        if past_kv_cache is not None:
+            raise NotImplementedError("past_kv_cache is not supported by input_to_embed")
+        torch_mode = wants_torch(input)
+        with LocallyOverridenDefaults(self, prepend_bos=prepend_bos, padding_side=padding_side):
+            tokens, mask = self._input_to_tokens(input, attention_mask)
+        residual = self.forward(wrap(tokens, torch_mode), stop_at_layer=0, attention_mask=wrap(mask, torch_mode),
+                                prepend_bos=prepend_bos, padding_side=padding_side)
+        sf = None
+        if self.cfg.positional_embedding_type == "shortformer":
+            pos = np.arange(tokens.shape[1])[None] if mask is None else np.maximum(np.cumsum(mask, axis=1) - 1, 0)
+            W_pos = self.pos_embed.param_np("W_pos")
+            sf = np.broadcast_to(W_pos[pos], (*tokens.shape, W_pos.shape[1])).astype(np.float32)
+            if mask is not None:
+                sf = sf * (mask[..., None] != 0)
+            sf = wrap(np.ascontiguousarray(sf), torch_mode)
+        return wrap(residual, torch_mode), wrap(tokens, torch_mode), sf, wrap(mask, torch_mode)

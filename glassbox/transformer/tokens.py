@@ -10,6 +10,40 @@ from glassbox.tokenization import Tokenizer
 from glassbox.utils import USE_DEFAULT_VALUE, LocallyOverridenDefaults
 
 
+def tokenizer_from_name(name: str) -> Tokenizer:
+    """The tokenizer of ``name``: a local folder / ``tokenizer.json`` path, or a Hub repo id (TL
+    alias names too) resolved through the local huggingface_hub cache (the network is tried only
+    when it is not cached and ``HF_HUB_OFFLINE`` is not set). Only tokenizer files are fetched."""
+    import os
+
+    if os.path.exists(name):
+        return Tokenizer.wrap(name)
+    from glassbox.loading.hub import MODEL_ALIASES, TOKENIZER_FILE_NAMES, _cache_dir, hub_offline
+
+    try:
+        from huggingface_hub import snapshot_download
+    except ImportError as exc:  # pragma: no cover - huggingface_hub is a runtime dependency
+        raise ImportError("loading a tokenizer by name needs huggingface_hub") from exc
+    repos = MODEL_ALIASES.get(name.lower(), (name, (name,)))[1]
+    errors = []
+    for local_only in (True, False):
+        if not local_only and hub_offline():
+            break
+        for repo in repos if local_only else repos[:1]:
+            try:
+                folder = snapshot_download(repo, cache_dir=_cache_dir(None), local_files_only=local_only,
+                                           allow_patterns=list(TOKENIZER_FILE_NAMES))
+            except Exception as exc:  # not cached / not on the Hub
+                errors.append(f"{repo}: {type(exc).__name__}")
+                continue
+            if os.path.exists(os.path.join(folder, "tokenizer.json")):
+                return Tokenizer.from_dir(folder, name_or_path=name)
+            errors.append(f"{repo}: no tokenizer.json")
+    raise OSError(f"cannot load the tokenizer {name!r}: it is not a local path and no tokenizer.json for it is in "
+                  f"the local Hugging Face cache ({'; '.join(errors)}"
+                  f"{'; HF_HUB_OFFLINE is set' if hub_offline() else ''})")
+
+
 class TokensMixin:
     """Part of :class:`glassbox.HookedTransformer` (see its docstring)."""
 
@@ -84,6 +118,9 @@ class TokensMixin:
         """Text or tokens ([pos] / [1, pos]) → list of token strings (a list per item for
         a list input)."""
         tok = self._require_tokenizer("to_str_tokens")
+        if isinstance(input, list) and input and all(isinstance(t, (int, np.integer)) and not isinstance(t, bool)
+                                                     for t in input):
+            input = np.asarray(input, dtype=np.int64)  # a list of token ids is one sequence (TL refuses it)
         if isinstance(input, list):
             return [self.to_str_tokens(item, prepend_bos, padding_side) for item in input]
         if isinstance(input, str):

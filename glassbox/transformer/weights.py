@@ -92,21 +92,21 @@ class WeightsMixin:
 
         self.cfg.weight_dtype = "+".join(weight_storage(self))
 
-    def state_dict(self) -> Dict[str, Any]:
+    def state_dict(self, *args: Any, destination: Any = None, prefix: str = "", keep_vars: bool = False) -> Dict[str, Any]:
         """Parameters by TransformerLens name (views of the model's buffers; float32 copies,
         processed as the model computes, for weights kept in their stored dtype)."""
         torch_mode = wants_torch()
-        out = {}
+        out = destination if destination is not None else {}
         for name, (module, leaf) in self._param_slots().items():
             if leaf in module._params:
-                out[name] = wrap(module.param_np(leaf), torch_mode)
+                out[prefix + name] = wrap(module.param_np(leaf), torch_mode)
         return out
 
     def _state_dict_np(self) -> Dict[str, Any]:
         """Raw parameters: float32 arrays, or StoredMatrix for stored-dtype weights."""
         return {n: m._params[leaf] for n, (m, leaf) in self._param_slots().items() if leaf in m._params}
 
-    def load_state_dict(self, state_dict: Dict[str, Any], strict: bool = True) -> None:
+    def load_state_dict(self, state_dict: Dict[str, Any], strict: bool = True, assign: bool = False) -> None:
         """Load TL-named parameters as they are (no processing). TL buffers are ignored."""
         from glassbox.loading.virtual import has_stored
 
@@ -206,6 +206,65 @@ class WeightsMixin:
             sd, fold_ln, center_writing_weights, center_unembed, True, refactor_factored_attn_matrices
         )
 
+    # TransformerLens's state-dict processing steps, as methods: each takes a TL-layout state dict
+    # (torch tensors or NumPy arrays) and returns the processed dict in the same array kind; the
+    # model itself is not changed (use process_weights_ / load_and_process_state_dict for that).
+    def _sd_step(self, state_dict: Dict[str, Any], fn: Any, **kw: Any) -> Dict[str, Any]:
+        torch_mode = any(type(v).__module__.startswith("torch") for v in state_dict.values())
+        sd = {k: np.array(to_numpy(v), dtype=np.float32) for k, v in state_dict.items()}
+        out = fn(sd, self.cfg, **kw)
+        return {k: wrap(np.ascontiguousarray(v), torch_mode) for k, v in out.items()}
+
+    def fold_layer_norm(self, state_dict: Dict[str, Any], fold_biases: bool = True,
+                        center_weights: bool = True) -> Dict[str, Any]:
+        """Fold each norm's weight (and bias, if ``fold_biases``) into the matrices reading from
+        it, centring their input dimension if ``center_weights`` (TL's ``fold_layer_norm``); the
+        norm parameters are dropped from the returned dict."""
+        from glassbox.loading.processing import fold_layer_norm
+
+        return self._sd_step(state_dict, fold_layer_norm, fold_biases=fold_biases, center_weights=center_weights)
+
+    def center_writing_weights(self, state_dict: Dict[str, Any]) -> Dict[str, Any]:
+        """Subtract the d_model mean from every matrix writing to the residual stream (W_E,
+        W_pos, W_O, W_out and their biases)."""
+        from glassbox.loading.processing import center_writing_weights
+
+        return self._sd_step(state_dict, center_writing_weights)
+
+    def center_unembed(self, state_dict: Dict[str, Any]) -> Dict[str, Any]:
+        """Subtract the mean over the vocabulary from W_U and b_U (logits change by a constant
+        per position; log-probs do not)."""
+        from glassbox.loading.processing import center_unembed
+
+        return self._sd_step(state_dict, center_unembed)
+
+    def fold_value_biases(self, state_dict: Dict[str, Any]) -> Dict[str, Any]:
+        """Move each head's value bias into the layer's output bias: b_O += sum_h b_V[h] @ W_O[h],
+        b_V = 0."""
+        from glassbox.loading.processing import fold_value_biases
+
+        return self._sd_step(state_dict, fold_value_biases)
+
+    def refactor_factored_attn_matrices(self, state_dict: Dict[str, Any]) -> Dict[str, Any]:
+        """Re-factor W_Q W_K^T and W_V W_O by SVD (TL's choice of factorisation; the products
+        and so the model's outputs are unchanged)."""
+        from glassbox.loading.processing import refactor_factored_attn_matrices
+
+        return self._sd_step(state_dict, refactor_factored_attn_matrices)
+
+    def fill_missing_keys(self, state_dict: Dict[str, Any]) -> Dict[str, Any]:
+        """Add the model's current values for every parameter ``state_dict`` lacks (warning for
+        weight matrices, as TransformerLens); returns the (same, updated) dict."""
+        import logging
+
+        current = self.state_dict()
+        for key in current:
+            if key not in state_dict:
+                if "W_" in key:
+                    logging.warning("Missing key for a weight matrix in pretrained, filled in with an empty tensor: %s", key)
+                state_dict[key] = current[key]
+        return state_dict
+
     @property
     def has_stored_weights(self) -> bool:
         """True if some weight matrices are kept in their stored dtype (bf16/f16/GGUF blocks);
@@ -253,11 +312,13 @@ class WeightsMixin:
     def n_params_total(self) -> int:
         return int(sum(int(np.prod(v.shape)) for v in self._state_dict_np().values()))
 
-    def parameters(self):
+    def parameters(self, recurse: bool = True):
+        """The parameters (views of the model's buffers), in state-dict order."""
         return iter(self.state_dict().values())
 
-    def named_parameters(self):
-        return iter(self.state_dict().items())
+    def named_parameters(self, prefix: str = "", recurse: bool = True, remove_duplicate: bool = True):
+        """``(name, parameter)`` pairs in state-dict order, names with ``prefix`` prepended."""
+        return iter(self.state_dict(prefix=prefix).items())
 
     def _stack(self, module: str, leaf: str) -> Any:
         arrs = []

@@ -51,8 +51,18 @@ class BuildExt(build_ext):
 debug = os.environ.get("GLASSBOX_DEBUG", "") != ""
 compile_args = ["-std=c11", "-O0" if debug else "-O3", "-g" if debug else "-g0",
                 "-Wall", "-Wextra", "-Wno-unused-parameter", "-fno-strict-aliasing"]
-if os.environ.get("GLASSBOX_SANITIZE"):
-    compile_args += ["-fsanitize=" + os.environ["GLASSBOX_SANITIZE"], "-fno-omit-frame-pointer"]
+link_args = []
+# GLASSBOX_SANITIZE=1 builds with AddressSanitizer + UndefinedBehaviorSanitizer (or give the
+# -fsanitize= list yourself, e.g. GLASSBOX_SANITIZE=undefined). The interpreter is not
+# instrumented, so the ASan runtime must be preloaded: tests/run_sanitized.sh does it all
+# (separate build folder, LD_PRELOAD, options) -- see docs/reliability.md.
+sanitize = os.environ.get("GLASSBOX_SANITIZE", "")
+if sanitize:
+    if sanitize == "1":
+        sanitize = "address,undefined"
+    flags = ["-fsanitize=" + sanitize, "-fno-omit-frame-pointer", "-g"]
+    compile_args += flags + ([] if debug else ["-O1"])
+    link_args += flags
 
 sources = sorted(glob("csrc/*.c") + glob("csrc/kernels/*.c"))
 
@@ -64,7 +74,7 @@ setup(
             include_dirs=[numpy.get_include(), "csrc", "csrc/kernels"],
             define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_20_API_VERSION")],
             extra_compile_args=compile_args,
-            extra_link_args=[],
+            extra_link_args=link_args,
         )
     ],
     cmdclass={"build_ext": BuildExt},

@@ -9,6 +9,7 @@
  * bytes: uint8 [N, row_bytes] in the file layout (trans=True).
  * _C.dequantize(raw, dtype) and _C.embed_rows(table, dtype, tokens, D) wrap
  * gb_dequantize_row / gb_embed_rows. */
+#include "argcheck.h"
 #include "bindings.h"
 #include "kernels.h"
 
@@ -102,8 +103,9 @@ elem_strides(PyArrayObject *a, int64_t *out)
     const npy_intp *shape = PyArray_DIMS(a), *st = PyArray_STRIDES(a);
     const npy_intp isz = PyArray_ITEMSIZE(a);
     int64_t inner_extent = 1;
+    const int empty = PyArray_SIZE(a) == 0; /* numpy may give an empty array zero strides */
     for (int i = nd - 1; i >= 0; i--) {
-        if (shape[i] <= 1) {
+        if (shape[i] <= 1 || empty) {
             out[i] = inner_extent;
         }
         else {
@@ -115,7 +117,7 @@ elem_strides(PyArrayObject *a, int64_t *out)
                 return -1;
             }
         }
-        inner_extent *= shape[i];
+        inner_extent *= shape[i] > 0 ? shape[i] : 1;
     }
     return 0;
 }
@@ -240,10 +242,22 @@ py_gemm(PyObject *self, PyObject *args, PyObject *kwds)
     }
     const npy_intp *as = PyArray_DIMS(A), *bs = PyArray_DIMS(B);
     const int bnd = PyArray_NDIM(B);
+    /* ranks first: the stride arrays below hold 2 (A) and 3 (B) entries */
+    if (raw_dtype < 0 && trans && bnd != 2) {
+        PyErr_Format(PyExc_ValueError,
+                     "gemm: with trans=True B must be 2-D [N, K], got %d-D", bnd);
+        goto fail;
+    }
+    if (raw_dtype < 0 && (bnd < 2 || bnd > 3)) {
+        PyErr_Format(PyExc_ValueError,
+                     "gemm: B must be 2-D [K, N] or 3-D [H, K, d], got %d-D", bnd);
+        goto fail;
+    }
     int64_t ast[2], bst[3];
-    elem_strides(A, ast);
-    if (raw_dtype < 0) {
-        elem_strides(B, bst);
+    if (elem_strides(A, ast) < 0 || (raw_dtype < 0 && elem_strides(B, bst) < 0)) {
+        /* as_strided_input made them contiguous: cannot happen */
+        PyErr_SetString(PyExc_RuntimeError, "gemm: internal error (strides)");
+        goto fail;
     }
 
     gb_matrix mat;
@@ -258,8 +272,7 @@ py_gemm(PyObject *self, PyObject *args, PyObject *kwds)
         const int64_t row_elems = (int64_t)bs[1] / bb * be;
         int64_t Kb = row_elems;
         if (K_obj != Py_None) {
-            Kb = PyLong_AsLongLong(K_obj);
-            if (Kb == -1 && PyErr_Occurred()) {
+            if (gb_arg_i64(K_obj, "gemm", "K", INT64_MIN, &Kb) < 0) {
                 goto fail;
             }
             if (Kb < 0 || Kb > row_elems || Kb % be != 0) {
@@ -278,12 +291,7 @@ py_gemm(PyObject *self, PyObject *args, PyObject *kwds)
         mat.ld = row_elems;
     }
     else if (trans) {
-        /* file layout: B is [N, K] */
-        if (bnd != 2) {
-            PyErr_Format(PyExc_ValueError,
-                         "gemm: with trans=True B must be 2-D [N, K], got %d-D", bnd);
-            goto fail;
-        }
+        /* file layout: B is [N, K] (2-D, checked above) */
         mat.N = bs[0];
         mat.K = bs[1];
         mat.ld = bst[0];
@@ -297,19 +305,21 @@ py_gemm(PyObject *self, PyObject *args, PyObject *kwds)
         mat.group_stride = 0;
     }
     else if (bnd == 3) {
-        /* per-head [H, K, d] viewed as [K, H*d] */
+        /* per-head [H, K, d] viewed as [K, H*d] (with K = 0 numpy allows any H, d) */
         mat.K = bs[1];
-        mat.N = (int64_t)bs[0] * bs[2];
+        if (gb_mul(bs[0], bs[2], &mat.N, "gemm", "N (H * d of B [H, K, d])") < 0) {
+            goto fail;
+        }
         mat.ld = bst[1];
         mat.group = bs[2] > 0 ? bs[2] : 1;
         mat.group_stride = bst[0];
     }
-    else {
-        PyErr_Format(PyExc_ValueError,
-                     "gemm: B must be 2-D [K, N] or 3-D [H, K, d], got %d-D", bnd);
+    const int64_t M = as[0], K = as[1], N = mat.N;
+    int64_t MN;
+    if (gb_mul(M, N, &MN, "gemm", "M * N (rows of A times columns of B)") < 0 ||
+        gb_f32_bytes(MN, &MN, "gemm", "the bytes of the [M, N] result") < 0) {
         goto fail;
     }
-    const int64_t M = as[0], K = as[1], N = mat.N;
     if (K != mat.K) {
         PyObject *bshape = PyObject_GetAttrString((PyObject *)B, "shape");
         if (bshape && raw_dtype >= 0) {
@@ -393,11 +403,17 @@ py_gemm(PyObject *self, PyObject *args, PyObject *kwds)
     const float *bias_ptr = bias ? (const float *)PyArray_DATA(bias) : NULL;
     float *c_ptr = (float *)PyArray_DATA(C);
     int rc;
+    /* Ctrl-C stops a long product (not one accumulating into the caller's array: that would
+     * leave it half updated) */
+    const int armed = accumulate ? 0 : gb_interrupt_begin();
     Py_BEGIN_ALLOW_THREADS
     rc = isa_name ? gb_gemm_isa(isa, c_ptr, cst[0], a_ptr, ast[0], &mat, bias_ptr, M,
                                 accumulate)
                   : gb_gemm(c_ptr, cst[0], a_ptr, ast[0], &mat, bias_ptr, M, accumulate);
     Py_END_ALLOW_THREADS
+    if (gb_interrupt_end(armed) < 0) {
+        goto fail;
+    }
     if (rc != 0) {
         PyErr_SetString(PyExc_MemoryError, "gemm: kernel failed (out of memory)");
         goto fail;
@@ -434,6 +450,12 @@ py_dequantize(PyObject *self, PyObject *args, PyObject *kwds)
     }
     const int64_t N = PyArray_DIM(raw, 0), rb = PyArray_DIM(raw, 1);
     const int64_t K = rb / gb_dtype_block_bytes(dtype) * gb_dtype_block_elems(dtype);
+    int64_t NK;
+    if (gb_mul(N, K, &NK, "dequantize", "rows * elements per row") < 0 ||
+        gb_f32_bytes(NK, &NK, "dequantize", "the bytes of the float32 result") < 0) {
+        Py_DECREF(raw);
+        return NULL;
+    }
     npy_intp dims[2] = {(npy_intp)N, (npy_intp)K};
     PyArrayObject *out = (PyArrayObject *)PyArray_SimpleNew(2, dims, NPY_FLOAT32);
     int64_t *rows = out && N > 0 ? PyMem_RawMalloc((size_t)N * sizeof(int64_t)) : NULL;
@@ -461,11 +483,14 @@ static PyObject *
 py_embed_rows(PyObject *self, PyObject *args, PyObject *kwds)
 {
     static char *kwlist[] = {"table", "dtype", "tokens", "D", NULL};
-    PyObject *table_obj, *tok_obj;
+    PyObject *table_obj, *tok_obj, *D_obj;
     const char *dtype_name;
-    long long D;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OsOL", kwlist, &table_obj, &dtype_name,
-                                     &tok_obj, &D)) {
+    int64_t D;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OsOO", kwlist, &table_obj, &dtype_name,
+                                     &tok_obj, &D_obj)) {
+        return NULL;
+    }
+    if (gb_arg_i64(D_obj, "embed_rows", "D", INT64_MIN, &D) < 0) {
         return NULL;
     }
     const int dtype = parse_dtype_name("embed_rows", dtype_name);
@@ -476,7 +501,7 @@ py_embed_rows(PyObject *self, PyObject *args, PyObject *kwds)
     if (D <= 0 || D % be != 0) {
         PyErr_Format(PyExc_ValueError,
                      "embed_rows: D=%lld is not a positive multiple of the %s block size %lld",
-                     D, dtype_names[dtype], (long long)be);
+                     (long long)D, dtype_names[dtype], (long long)be);
         return NULL;
     }
     if (PyArray_Check(tok_obj) && !PyArray_ISINTEGER((PyArrayObject *)tok_obj)) {
@@ -490,11 +515,18 @@ py_embed_rows(PyObject *self, PyObject *args, PyObject *kwds)
     }
     PyArrayObject *tok = NULL, *out = NULL;
     const int64_t V = PyArray_DIM(table, 0), rb = PyArray_DIM(table, 1);
+    if (gb_dtype_row_bytes(dtype, D) < 0) {
+        PyErr_Format(PyExc_ValueError,
+                     "embed_rows: table has shape (%lld, %lld) but a %s row of D=%lld elements "
+                     "would take more than 2**63 bytes",
+                     (long long)V, (long long)rb, dtype_names[dtype], (long long)D);
+        goto done;
+    }
     if (gb_dtype_row_bytes(dtype, D) != rb) {
         PyErr_Format(PyExc_ValueError,
                      "embed_rows: table has shape (%lld, %lld) but a %s row of D=%lld "
                      "elements takes %lld bytes",
-                     (long long)V, (long long)rb, dtype_names[dtype], D,
+                     (long long)V, (long long)rb, dtype_names[dtype], (long long)D,
                      (long long)gb_dtype_row_bytes(dtype, D));
         goto done;
     }
@@ -508,6 +540,11 @@ py_embed_rows(PyObject *self, PyObject *args, PyObject *kwds)
         goto done;
     }
     const int64_t M = PyArray_DIM(tok, 0);
+    int64_t MD;
+    if (gb_mul(M, D, &MD, "embed_rows", "tokens * D") < 0 ||
+        gb_f32_bytes(MD, &MD, "embed_rows", "the bytes of the float32 result") < 0) {
+        goto done;
+    }
     const int64_t *t = (const int64_t *)PyArray_DATA(tok);
     for (int64_t m = 0; m < M; m++) {
         if (t[m] < 0 || t[m] >= V) {

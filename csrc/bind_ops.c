@@ -3,6 +3,7 @@
  * (float32 / int64 / int32, made C-contiguous), allocate new outputs,
  * release the GIL around the kernel. Shape errors are ValueErrors naming the
  * argument and both shapes; dtype errors are TypeErrors. */
+#include "argcheck.h"
 #include "bindings.h"
 #include "kernels.h"
 
@@ -302,25 +303,30 @@ static PyObject *py_embed(PyObject *self, PyObject *args, PyObject *kw) {
 static PyObject *py_rope(PyObject *self, PyObject *args, PyObject *kw) {
     static char *kwlist[] = {"x", "n_heads", "d_head", "rotary_dim", "positions", "inv_freq",
                              "adjacent", NULL};
-    PyObject *xo, *po, *fo;
-    long long nh, dh, R;
+    PyObject *xo, *po, *fo, *nho, *dho, *Ro;
+    int64_t nh, dh, R, cols;
     int adjacent = 0;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "OLLLOO|p", kwlist, &xo, &nh, &dh, &R, &po, &fo,
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOOOOO|p", kwlist, &xo, &nho, &dho, &Ro, &po, &fo,
                                      &adjacent))
+        return NULL;
+    if (gb_arg_i64(nho, "rope", "n_heads", INT64_MIN, &nh) < 0 ||
+        gb_arg_i64(dho, "rope", "d_head", INT64_MIN, &dh) < 0 ||
+        gb_arg_i64(Ro, "rope", "rotary_dim", INT64_MIN, &R) < 0)
         return NULL;
     if (nh < 0 || dh < 0 || R < 0 || R % 2 != 0 || R > dh) {
         PyErr_Format(PyExc_ValueError,
                      "need n_heads >= 0, d_head >= 0 and rotary_dim even in [0, d_head]; got "
                      "n_heads=%lld d_head=%lld rotary_dim=%lld",
-                     nh, dh, R);
+                     (long long)nh, (long long)dh, (long long)R);
         return NULL;
     }
+    if (gb_mul(nh, dh, &cols, "rope", "n_heads * d_head") < 0) return NULL;
     PyArrayObject *x = NULL, *p = NULL, *f = NULL, *out = NULL;
     char what[128];
     if (!(x = get_f32(xo, "x", 2, 2))) goto fail;
     npy_intp M = PyArray_DIM(x, 0), C = PyArray_DIM(x, 1);
-    if (C < nh * dh) {
-        snprintf(what, sizeof what, "(M, >= n_heads*d_head = %lld)", nh * dh);
+    if (C < cols) {
+        snprintf(what, sizeof what, "(M, >= n_heads*d_head = %lld)", (long long)cols);
         shape_error(x, "x", what);
         goto fail;
     }
@@ -332,7 +338,7 @@ static PyObject *py_rope(PyObject *self, PyObject *args, PyObject *kw) {
     }
     if (!(f = get_f32(fo, "inv_freq", 1, 1))) goto fail;
     if (PyArray_DIM(f, 0) != R / 2) {
-        snprintf(what, sizeof what, "(%lld,) (rotary_dim / 2)", R / 2);
+        snprintf(what, sizeof what, "(%lld,) (rotary_dim / 2)", (long long)(R / 2));
         shape_error(f, "inv_freq", what);
         goto fail;
     }
@@ -379,9 +385,21 @@ static int attn_validate(gb_attn_shape *s, attn_in *in, PyObject *qo, PyObject *
                      (long long)s->G, (long long)s->d);
         return -1;
     }
-    s->ldq = s->H * s->d;
-    s->ldk = s->ldv = s->G * s->d;
-    s->ldz = s->H * s->d;
+    /* every product the kernels index with or allocate by, checked */
+    int64_t BP, BK, Hd, Gd, BHP, BHPK, zbytes, sbytes;
+    if (gb_mul(s->B, s->P, &BP, "attention", "B * P") < 0 ||
+        gb_mul(s->B, s->K, &BK, "attention", "B * K") < 0 ||
+        gb_mul(s->H, s->d, &Hd, "attention", "H * d") < 0 ||
+        gb_mul(s->G, s->d, &Gd, "attention", "G * d") < 0 ||
+        gb_mul(BP, Hd, &zbytes, "attention", "B * P * H * d (z)") < 0 ||
+        gb_f32_bytes(zbytes, &zbytes, "attention", "the bytes of z") < 0 ||
+        gb_mul3(s->B, s->H, s->P, &BHP, "attention", "B * H * P") < 0 ||
+        gb_mul(BHP, s->K, &BHPK, "attention", "B * H * P * K (scores)") < 0 ||
+        gb_f32_bytes(BHPK, &sbytes, "attention", "the bytes of scores") < 0)
+        return -1;
+    s->ldq = Hd;
+    s->ldk = s->ldv = Gd;
+    s->ldz = Hd;
     s->key_mask = NULL;
     struct {
         PyObject *o;
@@ -389,9 +407,9 @@ static int attn_validate(gb_attn_shape *s, attn_in *in, PyObject *qo, PyObject *
         const char *name;
         int64_t rows, cols;
         int64_t *ld;
-    } t[3] = {{qo, &in->q, "q", s->B * s->P, s->H * s->d, &s->ldq},
-              {ko, &in->k, "k", s->B * s->K, s->G * s->d, &s->ldk},
-              {vo, &in->v, "v", s->B * s->K, s->G * s->d, &s->ldv}};
+    } t[3] = {{qo, &in->q, "q", BP, Hd, &s->ldq},
+              {ko, &in->k, "k", BK, Gd, &s->ldk},
+              {vo, &in->v, "v", BK, Gd, &s->ldv}};
     for (int i = 0; i < 3; i++) {
         if (!t[i].o) continue;
         if (!(*t[i].a = get_f32(t[i].o, t[i].name, 2, 2))) return -1;
@@ -415,18 +433,30 @@ static int attn_validate(gb_attn_shape *s, attn_in *in, PyObject *qo, PyObject *
     return 0;
 }
 
+/* B, P, K, H, G, d (and the optional window) from Python objects, named in errors. */
+static int attn_sizes(PyObject *const *so, PyObject *wo, gb_attn_shape *s) {
+    static const char *const names[6] = {"B", "P", "K", "H", "G", "d"};
+    int64_t *dst[6] = {&s->B, &s->P, &s->K, &s->H, &s->G, &s->d};
+    for (int i = 0; i < 6; i++)
+        if (gb_arg_i64(so[i], "attention", names[i], INT64_MIN, dst[i]) < 0) return -1;
+    s->window = 0;
+    if (wo && gb_arg_i64(wo, "attention", "window", INT64_MIN, &s->window) < 0) return -1;
+    return 0;
+}
+
 static PyObject *py_attention(PyObject *self, PyObject *args, PyObject *kw) {
     static char *kwlist[] = {"q", "k", "v", "B", "P", "K", "H", "G", "d", "inv_scale", "window",
                              "key_mask", "want_scores", "want_pattern", "want_z", NULL};
-    PyObject *qo, *ko, *vo, *mo = Py_None;
-    long long B, P, K, H, G, d, window = 0;
+    PyObject *qo, *ko, *vo, *mo = Py_None, *so[6], *wo = NULL;
     float inv_scale;
     int want_s = 0, want_p = 0, want_z = 1;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOOLLLLLLf|LOppp", kwlist, &qo, &ko, &vo, &B, &P,
-                                     &K, &H, &G, &d, &inv_scale, &window, &mo, &want_s, &want_p,
-                                     &want_z))
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOOOOOOOOf|OOppp", kwlist, &qo, &ko, &vo, &so[0],
+                                     &so[1], &so[2], &so[3], &so[4], &so[5], &inv_scale, &wo, &mo,
+                                     &want_s, &want_p, &want_z))
         return NULL;
-    gb_attn_shape s = {B, P, K, H, G, d, 0, 0, 0, 0, inv_scale, window, NULL};
+    gb_attn_shape s = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, inv_scale, 0, NULL, 0};
+    if (attn_sizes(so, wo, &s) < 0) return NULL;
+    const int64_t B = s.B, P = s.P, K = s.K, H = s.H, d = s.d;
     attn_in in = {NULL, NULL, NULL, NULL};
     PyArrayObject *z = NULL, *sc = NULL, *pa = NULL;
     if (attn_validate(&s, &in, qo, ko, vo, mo) < 0) goto fail;
@@ -455,14 +485,16 @@ fail:
 static PyObject *py_attention_split(PyObject *self, PyObject *args, PyObject *kw) {
     static char *kwlist[] = {"q", "k", "v", "B", "P", "K", "H", "G", "d", "inv_scale", "window",
                              "key_mask", "in_place", NULL};
-    PyObject *qo, *ko, *vo, *mo = Py_None;
-    long long B, P, K, H, G, d, window = 0;
+    PyObject *qo, *ko, *vo, *mo = Py_None, *so[6], *wo = NULL;
     float inv_scale;
     int in_place = 0;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOOLLLLLLf|LOp", kwlist, &qo, &ko, &vo, &B, &P,
-                                     &K, &H, &G, &d, &inv_scale, &window, &mo, &in_place))
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOOOOOOOOf|OOp", kwlist, &qo, &ko, &vo, &so[0],
+                                     &so[1], &so[2], &so[3], &so[4], &so[5], &inv_scale, &wo, &mo,
+                                     &in_place))
         return NULL;
-    gb_attn_shape s = {B, P, K, H, G, d, 0, 0, 0, 0, inv_scale, window, NULL};
+    gb_attn_shape s = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, inv_scale, 0, NULL, 0};
+    if (attn_sizes(so, wo, &s) < 0) return NULL;
+    const int64_t B = s.B, P = s.P, K = s.K, H = s.H, d = s.d;
     attn_in in = {NULL, NULL, NULL, NULL};
     PyArrayObject *z = NULL, *sc = NULL, *pa = NULL;
     if (attn_validate(&s, &in, qo, ko, vo, mo) < 0) goto fail;
@@ -516,9 +548,12 @@ static PyObject *py_attn_softmax(PyObject *self, PyObject *args, PyObject *kw) {
 
 static PyObject *py_attn_apply(PyObject *self, PyObject *args, PyObject *kw) {
     static char *kwlist[] = {"pattern", "v", "G", "d", NULL};
-    PyObject *po, *vo;
-    long long G, d;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOLL", kwlist, &po, &vo, &G, &d)) return NULL;
+    PyObject *po, *vo, *Go, *dobj;
+    int64_t G, d;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOOO", kwlist, &po, &vo, &Go, &dobj)) return NULL;
+    if (gb_arg_i64(Go, "attn_apply", "G", INT64_MIN, &G) < 0 ||
+        gb_arg_i64(dobj, "attn_apply", "d", INT64_MIN, &d) < 0)
+        return NULL;
     PyArrayObject *pa = get_f32(po, "pattern", 4, 4);
     if (!pa) return NULL;
     gb_attn_shape s;

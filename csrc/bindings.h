@@ -14,6 +14,15 @@
 extern PyMethodDef gb_gemm_methods[];
 extern PyMethodDef gb_ops_methods[];
 
+/* Ctrl-C inside kernels (interrupt.c). Around a call that releases the GIL and runs long
+ * kernels: armed = gb_interrupt_begin() before (GIL held), then gb_interrupt_end(armed) after
+ * (GIL held again) returns -1 with KeyboardInterrupt (or the run's own exception) set if the
+ * kernels were stopped: the call's result must then be discarded. gb_interrupt_pending() is
+ * true once a stop was requested (callable without the GIL). */
+int gb_interrupt_begin(void);
+int gb_interrupt_end(int armed);
+int gb_interrupt_pending(void);
+
 /* Engine class (engine_bindings.c). */
 extern PyTypeObject GbModelType;
 int gb_engine_bindings_init(PyObject *module);

@@ -8,6 +8,10 @@
  * is exactly TransformerLens's [batch, pos, ...] layout, so a hook sees the
  * engine's buffer without any transposition -- except attention scores and
  * pattern, which the attention kernels keep in TL's [B, H, P, K] order.
+ *
+ * KV cache (gb_run.kv_keys): the P new positions' rotated keys and values are
+ * appended to the caller's [B, capacity, G, d] buffers and the attention
+ * reads rows [0, past + P) of those buffers in place; K = past + P.
  */
 #include <math.h>
 #include <stdlib.h>
@@ -29,6 +33,7 @@ typedef struct {
     const gb_plan *plan;
     const gb_run *run;
     int64_t B, P, M;
+    int64_t past, K;    /* KV cache: positions before this run, keys attended (past + P) */
     int64_t *positions; /* [M], owned when the run gave none */
     int64_t ln_rows;    /* rows of one ln1 output: M, or M * max(H, G) with per-head inputs */
     /* scratch, allocated once per run */
@@ -38,9 +43,13 @@ typedef struct {
     float *scale;   /* [3][ln_rows] */
     float *heads_in;/* [3][M * nh_max * D]: attn_in / q,k,v split inputs */
     float *q, *k, *v, *z; /* [M, H*d], [M, G*d], [M, G*d], [M, H*d] */
-    float *scores, *pattern; /* [B, H, P, P] when a hook calls back there */
+    float *scores, *pattern; /* [B, H, P, K] when a hook calls back there */
+    float *keys_all; /* [2][B, K, G*d]: every rotated key and value, for hook_rot_k with a KV cache */
     float *result;  /* [M, H, D] when use_attn_result */
     float *mlp_a, *mlp_b; /* [M, Dm] each */
+    const float *sf_pos; /* shortformer: [M, D] positional embedding for the q/k inputs, or NULL */
+    float *sf_own;       /* sf_pos when the engine computed it (owned) */
+    float *sf_in;        /* shortformer: [ln_rows, D] scratch, ln1 output + sf_pos */
 } gb_state;
 
 static inline int64_t slot(const gb_state *s, int site, int64_t layer) {
@@ -91,7 +100,7 @@ static void affine(float *out, const float *x, const float *w, const float *b, i
         return;
     }
 #ifdef _OPENMP
-#pragma omp parallel for schedule(static) if (rows * D > 32768)
+#pragma omp parallel for schedule(static) if (rows * D > 32768) num_threads(gb_max_threads())
 #endif
     for (int64_t m = 0; m < rows; m++) {
         const float *xr = x + m * D;
@@ -173,24 +182,36 @@ static int head_rows(gb_matrix *m, const gb_matrix *W, int64_t h, int64_t d) {
 }
 
 /* --------------------------------------------------------------- stages */
+/* 1 unless the run's mask hides new position m = b * P + i (its key index is
+ * past + i in the [B, K] mask). */
+static inline int new_row_visible(const gb_state *s, int64_t m) {
+    const int32_t *mask = s->run->attn_mask;
+    return !mask || mask[(m / s->P) * s->K + s->past + m % s->P] != 0;
+}
+
 static int embed_stage(gb_state *s) {
     const gb_config *c = s->cfg;
     const int64_t D = c->d_model, M = s->M;
-    if (s->w->W_E_dtype == GB_F32)
-        gb_embed(s->resid, (const float *)s->w->W_E, s->run->tokens, M, D);
-    else
-        gb_embed_rows(s->resid, s->w->W_E, s->w->W_E_dtype, s->run->tokens, M, D);
-    if (fire3(s, GB_SITE_EMBED, -1, s->resid, s->B, s->P, D)) return -1;
-    if (c->pos == GB_POS_STANDARD) {
-        float *pe = s->tmp;
+    if (s->run->embeds_in) { /* token embeddings given: TL's generate from embeds */
+        memcpy(s->resid, s->run->residual_in, (size_t)(M * D) * sizeof(float));
+    } else {
+        if (s->w->W_E_dtype == GB_F32)
+            gb_embed(s->resid, (const float *)s->w->W_E, s->run->tokens, M, D);
+        else
+            gb_embed_rows(s->resid, s->w->W_E, s->w->W_E_dtype, s->run->tokens, M, D);
+        if (fire3(s, GB_SITE_EMBED, -1, s->resid, s->B, s->P, D)) return -1;
+    }
+    if (c->pos == GB_POS_STANDARD || c->pos == GB_POS_SHORTFORMER) {
+        /* shortformer keeps its positional embedding out of the residual */
+        float *pe = c->pos == GB_POS_SHORTFORMER ? s->sf_own : s->tmp;
         for (int64_t m = 0; m < M; m++) {
-            if (s->run->attn_mask && !s->run->attn_mask[m])
+            if (!new_row_visible(s, m))
                 memset(pe + m * D, 0, (size_t)D * sizeof(float));
             else
                 memcpy(pe + m * D, s->w->W_pos + s->positions[m] * D, (size_t)D * sizeof(float));
         }
         if (fire3(s, GB_SITE_POS_EMBED, -1, pe, s->B, s->P, D)) return -1;
-        gb_add(s->resid, s->resid, pe, M * D);
+        if (c->pos == GB_POS_STANDARD) gb_add(s->resid, s->resid, pe, M * D);
     }
     return 0;
 }
@@ -266,10 +287,20 @@ static int attention_stage(gb_state *s, int64_t l) {
     float *outs[3] = {s->q, s->k, s->v};
     const int64_t heads[3] = {H, G, G};
     for (int i = 0; i < 3; i++) {
+        const float *x = normed[i];
+        if (i < 2 && s->sf_pos) {
+            /* shortformer: q and k read ln1(x) + pos_embed (per head: the same row for each) */
+            float *y = s->sf_in;
+            for (int64_t r = 0; r < M * nh[i]; r++) {
+                const float *pr = s->sf_pos + (r / nh[i]) * D;
+                for (int64_t j = 0; j < D; j++) y[r * D + j] = x[r * D + j] + pr[j];
+            }
+            x = y;
+        }
         if (nh[i] == 1) {
-            if (gb_gemm(outs[i], heads[i] * d, normed[i], D, Ws[i], bs[i], M, 0)) return -2;
+            if (gb_gemm(outs[i], heads[i] * d, x, D, Ws[i], bs[i], M, 0)) return -2;
         } else {
-            rc = project_per_head(outs[i], normed[i], Ws[i], bs[i], M, nh[i], D, d);
+            rc = project_per_head(outs[i], x, Ws[i], bs[i], M, nh[i], D, d);
             if (rc) return rc;
         }
     }
@@ -278,34 +309,68 @@ static int attention_stage(gb_state *s, int64_t l) {
         fire4(s, GB_SITE_V, l, 0, s->v, B, P, G, d, 1))
         return -1;
 
-    if (c->pos == GB_POS_ROTARY) {
+    const int rotary = c->pos == GB_POS_ROTARY;
+    const float *keys = s->k, *values = s->v; /* what the attention reads */
+    int64_t kv_rows = P;                       /* their rows per sequence */
+    const int64_t K = s->K;
+    if (rotary) {
         gb_rope(s->q, H * d, M, H, d, c->rotary_dim, s->positions, s->w->rotary_inv_freq,
                 c->rotary_adjacent_pairs);
         if (fire4(s, GB_SITE_ROT_Q, l, 0, s->q, B, P, H, d, 1)) return -1;
         gb_rope(s->k, G * d, M, G, d, c->rotary_dim, s->positions, s->w->rotary_inv_freq,
                 c->rotary_adjacent_pairs);
-        if (fire4(s, GB_SITE_ROT_K, l, 0, s->k, B, P, G, d, 1)) return -1;
+        if (!s->run->kv_keys && fire4(s, GB_SITE_ROT_K, l, 0, s->k, B, P, G, d, 1)) return -1;
+    }
+    if (s->run->kv_keys) {
+        /* append: the new keys (rotated) and values go to rows [past, K) of
+         * the cache, and the attention reads the cache's rows [0, K) */
+        float *ck = s->run->kv_keys[l], *cv = s->run->kv_values[l];
+        const int64_t cap = s->run->kv_cap, row = G * d;
+        for (int64_t b = 0; b < B; b++) {
+            memcpy(ck + (b * cap + s->past) * row, s->k + b * P * row, (size_t)(P * row) * sizeof(float));
+            memcpy(cv + (b * cap + s->past) * row, s->v + b * P * row, (size_t)(P * row) * sizeof(float));
+        }
+        keys = ck;
+        values = cv;
+        kv_rows = cap;
+        if (rotary && mode_of(s, GB_SITE_ROT_K, l) != GB_HOOK_NONE) {
+            /* TL rotates every key (cached and new) and hooks them all,
+             * [B, K, G, d]; an edit there changes this run only (TL's cache
+             * keeps unrotated keys and rotates them afresh), so the hook gets
+             * a copy and the attention reads the (possibly edited) copy, and
+             * the values likewise packed [B, K] (one row stride for both). */
+            float *vk = s->keys_all + B * K * row;
+            for (int64_t b = 0; b < B; b++) {
+                memcpy(s->keys_all + b * K * row, ck + b * cap * row, (size_t)(K * row) * sizeof(float));
+                memcpy(vk + b * K * row, cv + b * cap * row, (size_t)(K * row) * sizeof(float));
+            }
+            if (fire4(s, GB_SITE_ROT_K, l, 0, s->keys_all, B, K, G, d, 1)) return -1;
+            keys = s->keys_all;
+            values = vk;
+            kv_rows = K;
+        }
     }
 
     float scale = c->attn_scale;
     if (c->scale_attn_by_inverse_layer_idx) scale *= (float)(l + 1);
     gb_attn_shape as = {
-        .B = B, .P = P, .K = P, .H = H, .G = G, .d = d,
+        .B = B, .P = P, .K = K, .H = H, .G = G, .d = d,
         .ldq = H * d, .ldk = G * d, .ldv = G * d, .ldz = H * d,
         .inv_scale = 1.0f / scale, .window = c->window, .key_mask = s->run->attn_mask,
+        .kv_rows = kv_rows,
     };
     int msc = mode_of(s, GB_SITE_ATTN_SCORES, l), mpa = mode_of(s, GB_SITE_PATTERN, l);
     if (msc == GB_HOOK_CALL || mpa == GB_HOOK_CALL) {
-        gb_attn_scores(s->scores, s->q, s->k, &as);
-        if (fire4(s, GB_SITE_ATTN_SCORES, l, 0, s->scores, B, H, P, P, 1)) return -1;
+        gb_attn_scores(s->scores, s->q, keys, &as);
+        if (fire4(s, GB_SITE_ATTN_SCORES, l, 0, s->scores, B, H, P, K, 1)) return -1;
         gb_attn_softmax(s->pattern, s->scores, &as);
-        if (fire4(s, GB_SITE_PATTERN, l, 0, s->pattern, B, H, P, P, 1)) return -1;
-        gb_attn_apply(s->z, s->pattern, s->v, &as);
+        if (fire4(s, GB_SITE_PATTERN, l, 0, s->pattern, B, H, P, K, 1)) return -1;
+        gb_attn_apply(s->z, s->pattern, values, &as);
     } else {
         /* cached-only scores/pattern are written straight into the cache */
         float *sc = msc == GB_HOOK_CACHE ? s->plan->cache[slot(s, GB_SITE_ATTN_SCORES, l)] : NULL;
         float *pa = mpa == GB_HOOK_CACHE ? s->plan->cache[slot(s, GB_SITE_PATTERN, l)] : NULL;
-        if (gb_attention(s->z, sc, pa, s->q, s->k, s->v, &as)) return -2;
+        if (gb_attention(s->z, sc, pa, s->q, keys, values, &as)) return -2;
     }
     if (fire4(s, GB_SITE_Z, l, 0, s->z, B, P, H, d, 1)) return -1;
 
@@ -341,6 +406,7 @@ static int attention_stage(gb_state *s, int64_t l) {
     }
     if (fire3(s, GB_SITE_ATTN_OUT, l, attn_out, B, P, D)) return -1;
     gb_add(s->resid, s->resid, attn_out, M * D);
+    if (c->attn_only) return fire3(s, GB_SITE_RESID_POST, l, s->resid, B, P, D);
     return fire3(s, GB_SITE_RESID_MID, l, s->resid, B, P, D);
 }
 
@@ -402,7 +468,7 @@ static int final_stage(gb_state *s) {
     if (c->center_unembed_logits) {
         float *lg = s->run->out;
 #ifdef _OPENMP
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) num_threads(gb_max_threads())
 #endif
         for (int64_t m = 0; m < M; m++) {
             double sum = 0.0;
@@ -420,6 +486,23 @@ static int any_call(const gb_state *s, int site, int64_t l0, int64_t l1) {
     return 0;
 }
 
+static int any_hook(const gb_state *s, int site, int64_t l0, int64_t l1) {
+    for (int64_t l = l0; l < l1; l++)
+        if (mode_of(s, site, l) != GB_HOOK_NONE) return 1;
+    return 0;
+}
+
+/* a * b * c * d floats as a byte count, or 0 if it overflows size_t. */
+static size_t floats_bytes(int64_t a, int64_t b, int64_t c, int64_t d) {
+    const int64_t f[4] = {a, b, c, d};
+    size_t n = sizeof(float);
+    for (int i = 0; i < 4; i++) {
+        if (f[i] < 0 || (f[i] > 0 && n > SIZE_MAX / (size_t)f[i])) return 0;
+        n *= (size_t)f[i];
+    }
+    return n;
+}
+
 int gb_forward(const gb_config *cfg, const gb_weights *w, const gb_plan *plan, const gb_run *run,
                char *errbuf, size_t errlen) {
     gb_state st;
@@ -432,6 +515,8 @@ int gb_forward(const gb_config *cfg, const gb_weights *w, const gb_plan *plan, c
     s->B = run->B;
     s->P = run->P;
     s->M = run->B * run->P;
+    s->past = run->kv_keys ? run->past : 0;
+    s->K = s->past + run->P;
     const int64_t M = s->M, D = cfg->d_model, H = cfg->n_heads, G = cfg->n_kv_heads,
                   d = cfg->d_head, Dm = cfg->d_mlp;
     const int64_t nh_max = H > G ? H : G;
@@ -440,6 +525,15 @@ int gb_forward(const gb_config *cfg, const gb_weights *w, const gb_plan *plan, c
         snprintf(errbuf, errlen, "layers [%lld, %lld) out of range for %lld layers",
                  (long long)run->start_layer, (long long)run->stop_layer,
                  (long long)cfg->n_layers);
+        return GB_ERR_ARG;
+    }
+    if (run->kv_keys && (!run->kv_values || run->past < 0 || run->P > run->kv_cap - run->past)) {
+        snprintf(errbuf, errlen, "KV cache of capacity %lld cannot take %lld new positions after %lld",
+                 (long long)run->kv_cap, (long long)run->P, (long long)run->past);
+        return GB_ERR_ARG;
+    }
+    if (run->embeds_in && (!run->residual_in || run->start_layer != 0)) {
+        snprintf(errbuf, errlen, "token embeddings as input need residual_in and start_layer 0");
         return GB_ERR_ARG;
     }
     if (M == 0) return GB_OK;
@@ -461,12 +555,29 @@ int gb_forward(const gb_config *cfg, const gb_weights *w, const gb_plan *plan, c
     s->z = xmalloc((size_t)(M * H * d) * f, &failed);
     if (any_call(s, GB_SITE_ATTN_SCORES, run->start_layer, run->stop_layer) ||
         any_call(s, GB_SITE_PATTERN, run->start_layer, run->stop_layer)) {
-        s->scores = xmalloc((size_t)(s->B * H * s->P * s->P) * f, &failed);
-        s->pattern = xmalloc((size_t)(s->B * H * s->P * s->P) * f, &failed);
+        size_t n = floats_bytes(s->B, H, s->P, s->K);
+        if (!n) failed = 1;
+        s->scores = xmalloc(n, &failed);
+        s->pattern = xmalloc(n, &failed);
+    }
+    if (run->kv_keys && cfg->pos == GB_POS_ROTARY &&
+        any_hook(s, GB_SITE_ROT_K, run->start_layer, run->stop_layer)) {
+        size_t n = floats_bytes(2 * s->B, s->K, G, d); /* keys, then values */
+        if (!n) failed = 1;
+        s->keys_all = xmalloc(n, &failed);
     }
     if (cfg->use_attn_result) s->result = xmalloc((size_t)(M * H * D) * f, &failed);
-    s->mlp_a = xmalloc((size_t)(M * Dm) * f, &failed);
-    if (cfg->gated_mlp) s->mlp_b = xmalloc((size_t)(M * Dm) * f, &failed);
+    if (!cfg->attn_only) s->mlp_a = xmalloc((size_t)(M * Dm) * f, &failed);
+    if (cfg->gated_mlp && !cfg->attn_only) s->mlp_b = xmalloc((size_t)(M * Dm) * f, &failed);
+    if (cfg->pos == GB_POS_SHORTFORMER) {
+        if (!run->residual_in || run->embeds_in) { /* the embed stage computes it */
+            s->sf_own = xmalloc((size_t)(M * D) * f, &failed);
+            s->sf_pos = s->sf_own;
+        } else {
+            s->sf_pos = run->shortformer_pos; /* may be NULL: no positional term, as in TL */
+        }
+        if (s->sf_pos) s->sf_in = xmalloc((size_t)(ln_rows * D) * f, &failed);
+    }
     if (!run->positions) s->positions = xmalloc((size_t)M * sizeof(int64_t), &failed);
 
     int rc = GB_OK;
@@ -475,12 +586,12 @@ int gb_forward(const gb_config *cfg, const gb_weights *w, const gb_plan *plan, c
         goto done;
     }
     if (!run->positions) {
-        for (int64_t m = 0; m < M; m++) s->positions[m] = m % s->P;
+        for (int64_t m = 0; m < M; m++) s->positions[m] = s->past + m % s->P;
     } else {
         s->positions = (int64_t *)run->positions; /* read only */
     }
 
-    if (run->residual_in) {
+    if (run->residual_in && !run->embeds_in) {
         memcpy(s->resid, run->residual_in, (size_t)(M * D) * f);
     } else if ((rc = embed_stage(s)) != 0) {
         goto done;
@@ -488,7 +599,7 @@ int gb_forward(const gb_config *cfg, const gb_weights *w, const gb_plan *plan, c
     for (int64_t l = run->start_layer; l < run->stop_layer; l++) {
         if (fire3(s, GB_SITE_RESID_PRE, l, s->resid, s->B, s->P, D)) { rc = -1; goto done; }
         if ((rc = attention_stage(s, l)) != 0) goto done;
-        if ((rc = mlp_stage(s, l)) != 0) goto done;
+        if (!cfg->attn_only && (rc = mlp_stage(s, l)) != 0) goto done;
         if (plan && plan->poll && plan->poll(plan->ctx)) { rc = -1; goto done; }
     }
     if (run->stop_layer == cfg->n_layers && (run->final_norm || run->unembed)) {
@@ -503,28 +614,35 @@ done:
     if (!run->positions) free(s->positions);
     free(s->resid); free(s->tmp); free(s->normed); free(s->scale); free(s->heads_in);
     free(s->q); free(s->k); free(s->v); free(s->z); free(s->scores); free(s->pattern);
-    free(s->result); free(s->mlp_a); free(s->mlp_b);
+    free(s->keys_all);
+    free(s->result); free(s->mlp_a); free(s->mlp_b); free(s->sf_own); free(s->sf_in);
     return rc;
 }
 
 int gb_site_active(const gb_config *c, int site) {
     int normed = c->norm != GB_NORM_NONE;
     switch (site) {
-    case GB_SITE_POS_EMBED: return c->pos == GB_POS_STANDARD;
+    case GB_SITE_POS_EMBED: return c->pos != GB_POS_ROTARY;
+    case GB_SITE_RESID_MID: return !c->attn_only;
     case GB_SITE_ATTN_IN: return c->use_attn_in;
     case GB_SITE_Q_INPUT: case GB_SITE_K_INPUT: case GB_SITE_V_INPUT: return c->use_split_qkv_input;
-    case GB_SITE_LN1_SCALE: case GB_SITE_LN1_NORMALIZED:
-    case GB_SITE_LN2_SCALE: case GB_SITE_LN2_NORMALIZED: return normed;
+    case GB_SITE_LN1_SCALE: case GB_SITE_LN1_NORMALIZED: return normed;
+    case GB_SITE_LN2_SCALE: case GB_SITE_LN2_NORMALIZED: return normed && !c->attn_only;
+    case GB_SITE_MLP_PRE: case GB_SITE_MLP_POST: case GB_SITE_MLP_OUT: return !c->attn_only;
     case GB_SITE_ROT_Q: case GB_SITE_ROT_K: return c->pos == GB_POS_ROTARY;
     case GB_SITE_RESULT: return c->use_attn_result;
-    case GB_SITE_MLP_IN: return c->use_hook_mlp_in;
-    case GB_SITE_MLP_PRE_LINEAR: return c->gated_mlp;
+    case GB_SITE_MLP_IN: return c->use_hook_mlp_in && !c->attn_only;
+    case GB_SITE_MLP_PRE_LINEAR: return c->gated_mlp && !c->attn_only;
     case GB_SITE_LNF_SCALE: case GB_SITE_LNF_NORMALIZED: return c->final_norm != GB_NORM_NONE;
     default: return site >= 0 && site < GB_SITE_COUNT;
     }
 }
 
 int gb_hook_shape(const gb_config *c, int site, int64_t B, int64_t P, int64_t sh[4]) {
+    return gb_hook_shape_kv(c, site, B, P, P, sh);
+}
+
+int gb_hook_shape_kv(const gb_config *c, int site, int64_t B, int64_t P, int64_t K, int64_t sh[4]) {
     const int64_t D = c->d_model, H = c->n_heads, G = c->n_kv_heads, d = c->d_head;
     sh[0] = B;
     sh[1] = P;
@@ -539,8 +657,9 @@ int gb_hook_shape(const gb_config *c, int site, int64_t B, int64_t P, int64_t sh
     }
     case GB_SITE_LN2_SCALE: case GB_SITE_LNF_SCALE: sh[2] = 1; return 3;
     case GB_SITE_Q: case GB_SITE_ROT_Q: case GB_SITE_Z: sh[2] = H; sh[3] = d; return 4;
-    case GB_SITE_K: case GB_SITE_V: case GB_SITE_ROT_K: sh[2] = G; sh[3] = d; return 4;
-    case GB_SITE_ATTN_SCORES: case GB_SITE_PATTERN: sh[1] = H; sh[2] = P; sh[3] = P; return 4;
+    case GB_SITE_K: case GB_SITE_V: sh[2] = G; sh[3] = d; return 4;
+    case GB_SITE_ROT_K: sh[1] = K; sh[2] = G; sh[3] = d; return 4;
+    case GB_SITE_ATTN_SCORES: case GB_SITE_PATTERN: sh[1] = H; sh[2] = P; sh[3] = K; return 4;
     case GB_SITE_RESULT: sh[2] = H; sh[3] = D; return 4;
     case GB_SITE_MLP_PRE: case GB_SITE_MLP_PRE_LINEAR: case GB_SITE_MLP_POST: sh[2] = c->d_mlp; return 3;
     case GB_SITE_UNEMBED_OUT: sh[2] = c->d_vocab_out; return 3;

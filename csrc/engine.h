@@ -65,7 +65,9 @@ typedef struct {
 extern const gb_site_info gb_sites[GB_SITE_COUNT];
 
 typedef enum { GB_NORM_NONE = 0, GB_NORM_LN, GB_NORM_LNPRE, GB_NORM_RMS, GB_NORM_RMSPRE } gb_norm_type;
-typedef enum { GB_POS_STANDARD = 0, GB_POS_ROTARY = 1 } gb_pos_type;
+/* SHORTFORMER: learned positions added to the query and key inputs of every
+ * attention layer (after ln1) instead of to the residual stream. */
+typedef enum { GB_POS_STANDARD = 0, GB_POS_ROTARY = 1, GB_POS_SHORTFORMER = 2 } gb_pos_type;
 
 typedef struct {
     int64_t n_layers, d_model, n_heads, n_kv_heads, d_head, d_mlp, d_vocab, d_vocab_out, n_ctx;
@@ -75,6 +77,7 @@ typedef struct {
     int pos;        /* gb_pos_type */
     int act;        /* gb_act */
     int gated_mlp;
+    int attn_only; /* blocks have no ln2 / MLP: resid_post = resid_pre + attn_out */
     float attn_scale;
     int scale_attn_by_inverse_layer_idx;
     int64_t rotary_dim;
@@ -135,15 +138,33 @@ typedef struct {
     void *ctx;
 } gb_plan;
 
+/* A run over P new positions of B sequences. With a KV cache the sequences
+ * already hold `past` positions whose keys and values are in the cache; the
+ * new positions attend to those and to each other (causally), so the key
+ * length is K = past + P.  Without one, past = 0 and K = P. */
 typedef struct {
     int64_t B, P;
     const int64_t *tokens;     /* [B*P], range-checked by the caller; NULL if residual_in */
     const float *residual_in;  /* [B*P*D] entering block start_layer, or NULL */
-    const int32_t *attn_mask;  /* [B*P] 0/1 or NULL */
-    const int64_t *positions;  /* [B*P] or NULL (0..P-1) */
+    int embeds_in;             /* residual_in holds token embeddings (start_layer 0):
+                                  positions are added (hook_pos_embed), hook_embed skipped */
+    const int32_t *attn_mask;  /* [B*K] 0/1 over past + new positions, or NULL */
+    const int64_t *positions;  /* [B*P] of the new positions, or NULL (past..past+P-1) */
+    /* shortformer with residual_in: the positional embedding [B*P*D] added to
+     * the q/k inputs, or NULL for none (TL's shortformer_pos_embed argument) */
+    const float *shortformer_pos;
     int64_t start_layer, stop_layer; /* blocks [start, stop) */
     int final_norm, unembed;   /* after the last block (stop == n_layers only) */
     float *out;                /* [B*P*V_out] logits, or [B*P*D] */
+    /* KV cache (NULL: none). Per layer l, kv_keys[l] and kv_values[l] are
+     * [B, kv_cap, G, d]: rows [0, past) hold the earlier positions' keys
+     * (after RoPE) and values; the run writes the new positions' keys and
+     * values into rows [past, past + P) of every layer it runs and reads
+     * nothing beyond past + P. Requires past + P <= kv_cap. The caller
+     * decides whether the new rows count (it owns the length). */
+    float *const *kv_keys;
+    float *const *kv_values;
+    int64_t past, kv_cap;
 } gb_run;
 
 enum { GB_OK = 0, GB_ERR_CALLBACK = -1, GB_ERR_NOMEM = -2, GB_ERR_ARG = -3 };
@@ -160,5 +181,11 @@ int gb_site_active(const gb_config *cfg, int site);
 /* Shape of the activation at `site` for a batch B x P (the cached shape;
  * ln1 sites give the last of their three calls). Returns ndim. */
 int gb_hook_shape(const gb_config *cfg, int site, int64_t B, int64_t P, int64_t shape[4]);
+/* The same for P new positions attending to K = past + P keys (KV cache):
+ * attn_scores / pattern are [B, H, P, K] and hook_rot_k is [B, K, G, d]
+ * (every key, as TransformerLens rotates the cached keys with the new ones);
+ * every other site sees the new positions only. */
+int gb_hook_shape_kv(const gb_config *cfg, int site, int64_t B, int64_t P, int64_t K,
+                     int64_t shape[4]);
 
 #endif /* GLASSBOX_ENGINE_H */

@@ -8,6 +8,7 @@
  */
 #include <string.h>
 
+#include "argcheck.h"
 #include "bindings.h"
 #include "engine.h"
 
@@ -66,11 +67,17 @@ static int cfg_int(PyObject *cfg, const char *key, int required, int64_t dflt, i
         *out = dflt;
         return 0;
     }
-    long long x = PyLong_AsLongLong(v);
-    if (x == -1 && PyErr_Occurred()) {
+    if (PyBool_Check(v) || !PyLong_Check(v)) {
         PyErr_Format(PyExc_TypeError, "engine config '%s' must be an int, got %R", key, v);
         return -1;
     }
+    int overflow = 0;
+    long long x = PyLong_AsLongLongAndOverflow(v, &overflow);
+    if (overflow) {
+        PyErr_Format(PyExc_ValueError, "engine config '%s' = %R does not fit in int64", key, v);
+        return -1;
+    }
+    if (x == -1 && PyErr_Occurred()) return -1;
     *out = x;
     return 0;
 }
@@ -210,10 +217,10 @@ static int matrix_weight(GbModel *self, PyObject *weights, const char *name, int
     PyObject *v = PyDict_GetItemString(weights, name);
     int err = 0;
     if (v && PyTuple_Check(v)) {
-        PyObject *storage, *tag;
+        PyObject *storage, *tag, *rows_o, *cols_o;
         const char *dtype_s;
-        long long rows, cols;
-        if (!PyArg_ParseTuple(v, "OOsLL", &tag, &storage, &dtype_s, &rows, &cols) ||
+        int64_t rows, cols;
+        if (!PyArg_ParseTuple(v, "OOsOO", &tag, &storage, &dtype_s, &rows_o, &cols_o) ||
             !PyUnicode_Check(tag) || PyUnicode_CompareWithASCIIString(tag, "rows") != 0) {
             PyErr_Clear();
             PyErr_Format(PyExc_TypeError,
@@ -221,11 +228,14 @@ static int matrix_weight(GbModel *self, PyObject *weights, const char *name, int
                          name);
             return -1;
         }
+        if (gb_arg_i64(rows_o, name, "n_rows", 0, &rows) < 0 ||
+            gb_arg_i64(cols_o, name, "n_cols", 0, &cols) < 0)
+            return -1;
         int dt = 0;
         if (lookup_name("weight dtype", dtype_s, dtype_names, GB_DTYPE_COUNT, &dt)) return -1;
         if (rows != N || cols != K) {
             PyErr_Format(PyExc_ValueError, "weight '%s' stored as [%lld, %lld] rows, expected [%lld, %lld]",
-                         name, rows, cols, (long long)N, (long long)K);
+                         name, (long long)rows, (long long)cols, (long long)N, (long long)K);
             return -1;
         }
         if (K % gb_dtype_block_elems(dt)) {
@@ -237,7 +247,13 @@ static int matrix_weight(GbModel *self, PyObject *weights, const char *name, int
             PyErr_Format(PyExc_TypeError, "weight '%s': storage must be a C-contiguous numpy array", name);
             return -1;
         }
-        int64_t want = N * gb_dtype_row_bytes(dt, K);
+        int64_t want, rb = gb_dtype_row_bytes(dt, K);
+        if (rb < 0) {
+            PyErr_Format(PyExc_ValueError, "weight '%s': a %s row of %lld elements does not fit in int64 bytes",
+                         name, dtype_s, (long long)K);
+            return -1;
+        }
+        if (gb_mul(N, rb, &want, name, "the bytes of its stored rows (n_rows * row bytes)") < 0) return -1;
         if ((int64_t)PyArray_NBYTES((PyArrayObject *)storage) != want) {
             PyErr_Format(PyExc_ValueError, "weight '%s': %s storage of [%lld, %lld] needs %lld bytes, got %lld",
                          name, dtype_s, (long long)N, (long long)K, (long long)want,
@@ -314,7 +330,7 @@ static int Model_init(GbModel *self, PyObject *args, PyObject *kwds) {
         cfg_choice(cfg, "normalization_type", norm_names, 5, &c.norm) ||
         cfg_choice(cfg, "final_normalization_type", norm_names, 5, &c.final_norm) ||
         cfg_choice(cfg, "act_fn", act_names, GB_ACT_COUNT, &c.act) ||
-        cfg_bool(cfg, "gated_mlp", &c.gated_mlp) ||
+        cfg_bool(cfg, "gated_mlp", &c.gated_mlp) || cfg_bool(cfg, "attn_only", &c.attn_only) ||
         cfg_float(cfg, "attn_scale", 1, 0, &c.attn_scale) ||
         cfg_bool(cfg, "scale_attn_by_inverse_layer_idx", &c.scale_attn_by_inverse_layer_idx) ||
         cfg_int(cfg, "rotary_dim", 0, 0, &c.rotary_dim) ||
@@ -325,8 +341,8 @@ static int Model_init(GbModel *self, PyObject *args, PyObject *kwds) {
         return -1;
     c.window = tmp;
     {
-        static const char *const pos_names[] = {"standard", "rotary"};
-        if (cfg_choice(cfg, "positional_embedding_type", pos_names, 2, &c.pos)) return -1;
+        static const char *const pos_names[] = {"standard", "rotary", "shortformer"};
+        if (cfg_choice(cfg, "positional_embedding_type", pos_names, 3, &c.pos)) return -1;
     }
     if (c.n_layers < 0 || c.d_model <= 0 || c.n_heads <= 0 || c.d_head <= 0 || c.d_mlp <= 0 ||
         c.d_vocab <= 0 || c.n_ctx <= 0 || c.n_kv_heads <= 0 || c.n_heads % c.n_kv_heads != 0) {
@@ -338,6 +354,20 @@ static int Model_init(GbModel *self, PyObject *args, PyObject *kwds) {
                      (long long)c.n_kv_heads, (long long)c.d_head, (long long)c.d_mlp,
                      (long long)c.d_vocab, (long long)c.n_ctx);
         return -1;
+    }
+    {
+        /* products of config sizes that shape weights and per-token buffers: checked here so
+         * that no shape check below compares against a wrapped product */
+        int64_t t;
+        if (gb_mul(c.n_heads, c.d_head, &t, "Model", "n_heads * d_head") < 0 ||
+            gb_mul(c.n_kv_heads, c.d_head, &t, "Model", "n_key_value_heads * d_head") < 0 ||
+            gb_mul3(c.n_heads, c.d_head, c.d_model, &t, "Model", "n_heads * d_head * d_model") < 0 ||
+            gb_mul(c.d_vocab, c.d_model, &t, "Model", "d_vocab * d_model") < 0 ||
+            gb_mul(c.d_mlp, c.d_model, &t, "Model", "d_mlp * d_model") < 0 ||
+            gb_mul(c.n_ctx, c.d_model, &t, "Model", "n_ctx * d_model") < 0 ||
+            gb_mul3(c.n_heads > c.n_kv_heads ? c.n_heads : c.n_kv_heads, c.d_model, 3, &t, "Model",
+                    "3 * max(n_heads, n_key_value_heads) * d_model") < 0)
+            return -1;
     }
     if (!(c.attn_scale > 0.0f)) {
         PyErr_Format(PyExc_ValueError, "attn_scale must be positive, got %R",
@@ -352,6 +382,15 @@ static int Model_init(GbModel *self, PyObject *args, PyObject *kwds) {
     }
     if (check_flags(&c)) return -1;
 
+    /* every layer has its own attention weights: a layer count the weights cannot back is an
+     * error here, not a MemoryError from allocating per-layer tables for it */
+    if (c.n_layers > PyDict_Size(weights)) {
+        PyErr_Format(PyExc_ValueError,
+                     "Model: n_layers = %lld but weights holds only %zd entries (each layer needs "
+                     "its own attention and MLP weights)",
+                     (long long)c.n_layers, PyDict_Size(weights));
+        return -1;
+    }
     const int64_t L = c.n_layers, D = c.d_model, H = c.n_heads, G = c.n_kv_heads, d = c.d_head,
                   Dm = c.d_mlp;
     PyObject *arrays = PyDict_New();
@@ -385,7 +424,7 @@ static int Model_init(GbModel *self, PyObject *args, PyObject *kwds) {
             w->W_E_dtype = GB_F32;
         }
     }
-    if (!err && c.pos == GB_POS_STANDARD) w->W_pos = weight(self, weights, "pos_embed.W_pos", 1, 2, sh_ND, &err);
+    if (!err && c.pos != GB_POS_ROTARY) w->W_pos = weight(self, weights, "pos_embed.W_pos", 1, 2, sh_ND, &err);
     if (!err && c.pos == GB_POS_ROTARY) {
         int64_t sh[1] = {c.rotary_dim / 2};
         w->rotary_inv_freq = weight(self, weights, "rotary_inv_freq", 1, 1, sh, &err);
@@ -396,8 +435,8 @@ static int Model_init(GbModel *self, PyObject *args, PyObject *kwds) {
     PyObject *WU = err ? NULL : PyDict_GetItemString(weights, "unembed.W_U");
     if (!err) {
         if (WU && PyTuple_Check(WU) && PyTuple_GET_SIZE(WU) == 5) {
-            long long rows = PyLong_AsLongLong(PyTuple_GET_ITEM(WU, 3));
-            if (rows == -1 && PyErr_Occurred()) err = 1;
+            int64_t rows = 0;
+            if (gb_arg_i64(PyTuple_GET_ITEM(WU, 3), "unembed.W_U", "n_rows", 0, &rows) < 0) err = 1;
             c.d_vocab_out = rows;
         } else if (WU && PyArray_Check(WU) && PyArray_NDIM((PyArrayObject *)WU) == 2) {
             c.d_vocab_out = PyArray_DIM((PyArrayObject *)WU, 1);
@@ -422,10 +461,10 @@ static int Model_init(GbModel *self, PyObject *args, PyObject *kwds) {
         int64_t sbQ[2] = {H, d}, sbK[2] = {G, d}, sM[1] = {Dm};
         if (blk_has_w) {
             lw->ln1_w = weight(self, weights, NAME("ln1.w"), 1, 1, sh_D, &err);
-            if (!err) lw->ln2_w = weight(self, weights, NAME("ln2.w"), 1, 1, sh_D, &err);
+            if (!err && !c.attn_only) lw->ln2_w = weight(self, weights, NAME("ln2.w"), 1, 1, sh_D, &err);
             if (!err && c.norm == GB_NORM_LN) {
                 lw->ln1_b = weight(self, weights, NAME("ln1.b"), 0, 1, sh_D, &err);
-                if (!err) lw->ln2_b = weight(self, weights, NAME("ln2.b"), 0, 1, sh_D, &err);
+                if (!err && !c.attn_only) lw->ln2_b = weight(self, weights, NAME("ln2.b"), 0, 1, sh_D, &err);
             }
         }
         if (!err && matrix_weight(self, weights, NAME("attn.W_Q"), 1, TL_HEADS_IN, H, D, H * d, &lw->W_Q) < 0) err = 1;
@@ -436,6 +475,7 @@ static int Model_init(GbModel *self, PyObject *args, PyObject *kwds) {
         if (!err) lw->b_K = weight(self, weights, NAME("attn.b_K"), 0, 2, sbK, &err);
         if (!err) lw->b_V = weight(self, weights, NAME("attn.b_V"), 0, 2, sbK, &err);
         if (!err) lw->b_O = weight(self, weights, NAME("attn.b_O"), 0, 1, sh_D, &err);
+        if (c.attn_only) continue; /* no MLP weights */
         if (!err && matrix_weight(self, weights, NAME("mlp.W_in"), 1, TL_PLAIN, 0, D, Dm, &lw->W_in) < 0) err = 1;
         if (!err && c.gated_mlp &&
             matrix_weight(self, weights, NAME("mlp.W_gate"), 1, TL_PLAIN, 0, D, Dm, &lw->W_gate) < 0) err = 1;
@@ -464,6 +504,7 @@ static int model_ready(GbModel *self) {
 typedef struct {
     PyThreadState *tstate;
     PyObject *callback;
+    int armed; /* Ctrl-C stops this run's kernels (interrupt.c) */
 } call_ctx;
 
 static PyObject *site_name(int site, int layer) {
@@ -474,6 +515,7 @@ static PyObject *site_name(int site, int layer) {
 static int bridge_call(void *vctx, int site, int layer, int call_index, float *data, int ndim,
                        const int64_t *shape) {
     call_ctx *ctx = vctx;
+    if (ctx->armed && gb_interrupt_pending()) return -1; /* kernels stopped: no partial result to hooks */
     PyEval_RestoreThread(ctx->tstate);
     int rc = -1;
     npy_intp dims[4];
@@ -520,6 +562,7 @@ out:
 
 static int bridge_poll(void *vctx) {
     call_ctx *ctx = vctx;
+    if (ctx->armed && gb_interrupt_pending()) return 1; /* kernels stopped: gb_interrupt_end raises */
     PyEval_RestoreThread(ctx->tstate);
     int rc = PyErr_CheckSignals();
     ctx->tstate = PyEval_SaveThread();
@@ -551,28 +594,98 @@ static int parse_site_layer(GbModel *self, PyObject *key, int *site, int *layer)
     return 0;
 }
 
+/* kv_cache=(keys, values, past): sequences of n_layers writable float32
+ * C-contiguous arrays [B, capacity, G, d] (one capacity for all), and the
+ * number of positions already stored. References go to `keep`. */
+static int parse_kv_cache(GbModel *self, PyObject *kv, int64_t B, int64_t P, PyObject *keep,
+                          float **keys, float **values, int64_t *past, int64_t *cap) {
+    const gb_config *c = &self->cfg;
+    const int64_t L = c->n_layers, G = c->n_kv_heads, d = c->d_head;
+    PyObject *ko, *vo;
+    long long n_past;
+    if (!PyTuple_Check(kv) || !PyArg_ParseTuple(kv, "OOL", &ko, &vo, &n_past)) {
+        PyErr_Clear();
+        PyErr_SetString(PyExc_TypeError, "kv_cache must be a tuple (keys, values, past) of two "
+                                         "per-layer sequences of arrays and an int");
+        return -1;
+    }
+    PyObject *seqs[2] = {ko, vo};
+    const char *what[2] = {"keys", "values"};
+    *cap = -1;
+    for (int w = 0; w < 2; w++) {
+        PyObject *seq = PySequence_Fast(seqs[w], "kv_cache keys / values must be sequences of arrays");
+        if (!seq) return -1;
+        if (PySequence_Fast_GET_SIZE(seq) != L) {
+            PyErr_Format(PyExc_ValueError, "kv_cache %s has %zd layers, the model has %lld", what[w],
+                         PySequence_Fast_GET_SIZE(seq), (long long)L);
+            Py_DECREF(seq);
+            return -1;
+        }
+        for (int64_t l = 0; l < L; l++) {
+            PyObject *a = PySequence_Fast_GET_ITEM(seq, l);
+            PyArrayObject *arr = (PyArrayObject *)a;
+            int ok = PyArray_Check(a) && PyArray_TYPE(arr) == NPY_FLOAT32 && PyArray_IS_C_CONTIGUOUS(arr) &&
+                     PyArray_ISWRITEABLE(arr) && PyArray_ISALIGNED(arr) && PyArray_NDIM(arr) == 4;
+            if (ok && *cap < 0) *cap = PyArray_DIM(arr, 1);
+            ok = ok && PyArray_DIM(arr, 0) == B && PyArray_DIM(arr, 1) == *cap && PyArray_DIM(arr, 2) == G &&
+                 PyArray_DIM(arr, 3) == d;
+            if (!ok) {
+                PyObject *got = PyArray_Check(a) ? array_shape_tuple(arr) : PyUnicode_FromString(Py_TYPE(a)->tp_name);
+                if (got)
+                    PyErr_Format(PyExc_ValueError,
+                                 "kv_cache %s[%lld] must be a writable C-contiguous float32 array of shape "
+                                 "(batch=%lld, capacity=%lld, n_kv_heads=%lld, d_head=%lld), got %R",
+                                 what[w], (long long)l, (long long)B, (long long)(*cap < 0 ? 0 : *cap),
+                                 (long long)G, (long long)d, got);
+                Py_XDECREF(got);
+                Py_DECREF(seq);
+                return -1;
+            }
+            if (PyList_Append(keep, a) < 0) {
+                Py_DECREF(seq);
+                return -1;
+            }
+            (w == 0 ? keys : values)[l] = PyArray_DATA(arr);
+        }
+        Py_DECREF(seq);
+    }
+    if (L == 0) *cap = n_past + P;
+    if (n_past < 0 || P > *cap - n_past) {
+        PyErr_Format(PyExc_ValueError,
+                     "kv_cache of capacity %lld holds %lld positions and cannot take %lld more",
+                     (long long)*cap, n_past, (long long)P);
+        return -1;
+    }
+    *past = n_past;
+    return 0;
+}
+
 static PyObject *Model_forward(GbModel *self, PyObject *args, PyObject *kwds) {
     static char *kwlist[] = {"tokens", "residual", "attention_mask", "positions", "start_at_layer",
                              "stop_at_layer", "final_norm", "unembed", "cache", "hooks", "callback",
-                             NULL};
+                             "embeds", "kv_cache", "shortformer_pos_embed", NULL};
     PyObject *tokens_o = Py_None, *resid_o = Py_None, *mask_o = Py_None, *pos_o = Py_None,
-             *stop_o = Py_None, *cache_o = Py_None, *hooks_o = Py_None, *cb = Py_None;
+             *stop_o = Py_None, *cache_o = Py_None, *hooks_o = Py_None, *cb = Py_None,
+             *embeds_o = Py_None, *kv_o = Py_None, *sfpos_o = Py_None;
     Py_ssize_t start = 0;
     int final_norm = 1, unembed = 1;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "|O$OOOnOppOOO", kwlist, &tokens_o, &resid_o,
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "|O$OOOnOppOOOOOO", kwlist, &tokens_o, &resid_o,
                                      &mask_o, &pos_o, &start, &stop_o, &final_norm, &unembed,
-                                     &cache_o, &hooks_o, &cb))
+                                     &cache_o, &hooks_o, &cb, &embeds_o, &kv_o, &sfpos_o))
         return NULL;
     if (model_ready(self)) return NULL;
     const gb_config *c = &self->cfg;
     const int64_t L = c->n_layers, D = c->d_model;
 
-    PyArrayObject *tokens = NULL, *resid = NULL, *mask = NULL, *pos = NULL, *out = NULL;
+    PyArrayObject *tokens = NULL, *resid = NULL, *mask = NULL, *pos = NULL, *out = NULL, *sfpos = NULL;
     PyObject *keep = NULL; /* references held for the run */
     uint8_t *mode = NULL;
     float **cache = NULL;
+    float **kv_keys = NULL, **kv_values = NULL;
+    int64_t past = 0, kv_cap = 0;
     PyObject *result = NULL;
     int64_t B = 0, P = 0;
+    int embeds_in = embeds_o != Py_None;
 
     int64_t stop = L;
     if (stop_o != Py_None) {
@@ -586,12 +699,18 @@ static PyObject *Model_forward(GbModel *self, PyObject *args, PyObject *kwds) {
         return NULL;
     }
 
-    if (resid_o != Py_None) {
-        resid = (PyArrayObject *)PyArray_FROM_OTF(resid_o, NPY_FLOAT32, NPY_ARRAY_IN_ARRAY | NPY_ARRAY_FORCECAST);
+    if (embeds_in && (resid_o != Py_None || tokens_o != Py_None || start != 0)) {
+        PyErr_SetString(PyExc_ValueError, "embeds is an alternative to tokens and residual, and runs from layer 0");
+        return NULL;
+    }
+    if (resid_o != Py_None || embeds_in) {
+        resid = (PyArrayObject *)PyArray_FROM_OTF(embeds_in ? embeds_o : resid_o, NPY_FLOAT32,
+                                                  NPY_ARRAY_IN_ARRAY | NPY_ARRAY_FORCECAST);
         if (!resid) goto fail;
         if (PyArray_NDIM(resid) != 3 || PyArray_DIM(resid, 2) != D) {
             PyObject *got = array_shape_tuple(resid);
-            if (got) PyErr_Format(PyExc_ValueError, "residual must have shape [batch, pos, %lld], got %R", (long long)D, got);
+            if (got) PyErr_Format(PyExc_ValueError, "%s must have shape [batch, pos, %lld], got %R",
+                                  embeds_in ? "embeds" : "residual", (long long)D, got);
             Py_XDECREF(got);
             goto fail;
         }
@@ -626,17 +745,51 @@ static PyObject *Model_forward(GbModel *self, PyObject *args, PyObject *kwds) {
             }
         }
     }
-    if (c->pos == GB_POS_STANDARD && P > c->n_ctx && pos_o == Py_None) {
-        PyErr_Format(PyExc_ValueError, "sequence length %lld exceeds the model's context n_ctx=%lld",
-                     (long long)P, (long long)c->n_ctx);
+    if (sfpos_o != Py_None) {
+        if (c->pos != GB_POS_SHORTFORMER || !resid) {
+            PyErr_SetString(PyExc_ValueError, "shortformer_pos_embed is only used by shortformer models "
+                                              "run from a residual (start_at_layer)");
+            goto fail;
+        }
+        sfpos = (PyArrayObject *)PyArray_FROM_OTF(sfpos_o, NPY_FLOAT32, NPY_ARRAY_IN_ARRAY | NPY_ARRAY_FORCECAST);
+        if (!sfpos) goto fail;
+        if (PyArray_NDIM(sfpos) != 3 || PyArray_DIM(sfpos, 0) != B || PyArray_DIM(sfpos, 1) != P ||
+            PyArray_DIM(sfpos, 2) != D) {
+            PyObject *got = array_shape_tuple(sfpos);
+            if (got) PyErr_Format(PyExc_ValueError, "shortformer_pos_embed has shape %R, expected (%lld, %lld, %lld)",
+                                  got, (long long)B, (long long)P, (long long)D);
+            Py_XDECREF(got);
+            goto fail;
+        }
+    }
+    keep = PyList_New(0);
+    if (!keep) goto fail;
+    if (kv_o != Py_None) {
+        kv_keys = PyMem_Calloc((size_t)(L ? L : 1), sizeof(float *));
+        kv_values = PyMem_Calloc((size_t)(L ? L : 1), sizeof(float *));
+        if (!kv_keys || !kv_values) {
+            PyErr_NoMemory();
+            goto fail;
+        }
+        if (parse_kv_cache(self, kv_o, B, P, keep, kv_keys, kv_values, &past, &kv_cap)) goto fail;
+    }
+    const int64_t K = past + P; /* keys attended: cached + new */
+    if (c->pos != GB_POS_ROTARY && K > c->n_ctx && pos_o == Py_None) {
+        if (past)
+            PyErr_Format(PyExc_ValueError, "%lld cached + %lld new positions exceed the model's context n_ctx=%lld",
+                         (long long)past, (long long)P, (long long)c->n_ctx);
+        else
+            PyErr_Format(PyExc_ValueError, "sequence length %lld exceeds the model's context n_ctx=%lld",
+                         (long long)P, (long long)c->n_ctx);
         goto fail;
     }
     if (mask_o != Py_None) {
         mask = (PyArrayObject *)PyArray_FROM_OTF(mask_o, NPY_INT32, NPY_ARRAY_IN_ARRAY | NPY_ARRAY_FORCECAST);
         if (!mask) goto fail;
-        if (PyArray_NDIM(mask) != 2 || PyArray_DIM(mask, 0) != B || PyArray_DIM(mask, 1) != P) {
+        if (PyArray_NDIM(mask) != 2 || PyArray_DIM(mask, 0) != B || PyArray_DIM(mask, 1) != K) {
             PyObject *got = array_shape_tuple(mask);
-            if (got) PyErr_Format(PyExc_ValueError, "attention_mask has shape %R, expected (%lld, %lld)", got, (long long)B, (long long)P);
+            if (got) PyErr_Format(PyExc_ValueError, "attention_mask has shape %R, expected (%lld, %lld)%s", got,
+                                  (long long)B, (long long)K, past ? " (cached + new positions)" : "");
             Py_XDECREF(got);
             goto fail;
         }
@@ -652,7 +805,7 @@ static PyObject *Model_forward(GbModel *self, PyObject *args, PyObject *kwds) {
         }
         const int64_t *p = PyArray_DATA(pos);
         for (int64_t i = 0; i < B * P; i++) {
-            if (p[i] < 0 || (c->pos == GB_POS_STANDARD && p[i] >= c->n_ctx)) {
+            if (p[i] < 0 || (c->pos != GB_POS_ROTARY && p[i] >= c->n_ctx)) {
                 PyErr_Format(PyExc_ValueError, "position id %lld at [batch %lld, pos %lld] is out of range [0, %lld)",
                              (long long)p[i], (long long)(i / P), (long long)(i % P), (long long)c->n_ctx);
                 goto fail;
@@ -664,8 +817,7 @@ static PyObject *Model_forward(GbModel *self, PyObject *args, PyObject *kwds) {
     const size_t nslots = (size_t)GB_SITE_COUNT * (size_t)(L + 1);
     mode = PyMem_Calloc(nslots, 1);
     cache = PyMem_Calloc(nslots, sizeof(float *));
-    keep = PyList_New(0);
-    if (!mode || !cache || !keep) {
+    if (!mode || !cache) {
         PyErr_NoMemory();
         goto fail;
     }
@@ -680,7 +832,7 @@ static PyObject *Model_forward(GbModel *self, PyObject *args, PyObject *kwds) {
             int site, layer;
             if (parse_site_layer(self, k, &site, &layer)) goto fail;
             int64_t sh[4];
-            int nd = gb_hook_shape(c, site, B, P, sh);
+            int nd = gb_hook_shape_kv(c, site, B, P, K, sh);
             int ok = PyArray_Check(v) && PyArray_TYPE((PyArrayObject *)v) == NPY_FLOAT32 &&
                      PyArray_IS_C_CONTIGUOUS((PyArrayObject *)v) && PyArray_ISWRITEABLE((PyArrayObject *)v) &&
                      PyArray_ISALIGNED((PyArrayObject *)v) && PyArray_NDIM((PyArrayObject *)v) == nd;
@@ -735,8 +887,11 @@ static PyObject *Model_forward(GbModel *self, PyObject *args, PyObject *kwds) {
         .B = B, .P = P,
         .tokens = tokens ? PyArray_DATA(tokens) : NULL,
         .residual_in = resid ? PyArray_DATA(resid) : NULL,
+        .embeds_in = embeds_in,
+        .kv_keys = kv_keys, .kv_values = kv_values, .past = past, .kv_cap = kv_cap,
         .attn_mask = mask ? PyArray_DATA(mask) : NULL,
         .positions = pos ? PyArray_DATA(pos) : NULL,
+        .shortformer_pos = sfpos ? PyArray_DATA(sfpos) : NULL,
         .start_layer = start, .stop_layer = stop,
         .final_norm = final_norm, .unembed = unembed,
         .out = PyArray_DATA(out),
@@ -744,12 +899,17 @@ static PyObject *Model_forward(GbModel *self, PyObject *args, PyObject *kwds) {
     char errbuf[256] = {0};
     Py_INCREF(self); /* a hook may drop the last other reference */
     self->running++;
+    const int armed = gb_interrupt_begin(); /* Ctrl-C stops the kernels, not just between layers */
+    ctx.armed = armed;
     ctx.tstate = PyEval_SaveThread();
     int rc = gb_forward(c, &self->w, &plan, &run, errbuf, sizeof errbuf);
     PyEval_RestoreThread(ctx.tstate);
+    const int interrupted = gb_interrupt_end(armed) < 0;
     self->running--;
     Py_DECREF(self);
-    if (rc == GB_ERR_NOMEM) {
+    if (interrupted) {
+        goto fail; /* KeyboardInterrupt (or the run's own exception) is set */
+    } else if (rc == GB_ERR_NOMEM) {
         PyErr_NoMemory();
         goto fail;
     } else if (rc == GB_ERR_ARG) {
@@ -767,24 +927,72 @@ fail:
     Py_XDECREF(resid);
     Py_XDECREF(mask);
     Py_XDECREF(pos);
+    Py_XDECREF(sfpos);
     Py_XDECREF(keep);
     PyMem_Free(mode);
     PyMem_Free(cache);
+    PyMem_Free(kv_keys);
+    PyMem_Free(kv_values);
     return result;
 }
 
 static PyObject *Model_hook_shape(GbModel *self, PyObject *args) {
     int site;
-    long long B, P;
-    if (!PyArg_ParseTuple(args, "iLL", &site, &B, &P)) return NULL;
+    long long B, P, K = -1;
+    if (!PyArg_ParseTuple(args, "iLL|L", &site, &B, &P, &K)) return NULL;
     if (model_ready(self)) return NULL;
     if (site < 0 || site >= GB_SITE_COUNT) {
         PyErr_Format(PyExc_ValueError, "unknown hook site id %d", site);
         return NULL;
     }
+    if (K < 0) K = P;
+    if (B < 0 || P < 0 || K < P) {
+        PyErr_Format(PyExc_ValueError, "hook_shape needs 0 <= P <= K and B >= 0, got B=%lld P=%lld K=%lld", B, P, K);
+        return NULL;
+    }
     int64_t sh[4];
-    int nd = gb_hook_shape(&self->cfg, site, B, P, sh);
+    int nd = gb_hook_shape_kv(&self->cfg, site, B, P, K, sh);
     return shape_tuple(nd, sh);
+}
+
+static PyObject *Model_embed_tokens(GbModel *self, PyObject *arg) {
+    if (model_ready(self)) return NULL;
+    PyArrayObject *t = (PyArrayObject *)PyArray_FROM_OTF(arg, NPY_INT64, NPY_ARRAY_IN_ARRAY);
+    if (!t) return NULL;
+    const gb_config *c = &self->cfg;
+    const int nd = PyArray_NDIM(t);
+    if (nd < 1 || nd > 2) {
+        PyObject *got = array_shape_tuple(t);
+        if (got) PyErr_Format(PyExc_ValueError, "tokens must have shape [batch, pos] or [pos], got %R", got);
+        Py_XDECREF(got);
+        Py_DECREF(t);
+        return NULL;
+    }
+    const int64_t n = PyArray_SIZE(t);
+    const int64_t *ids = PyArray_DATA(t);
+    for (int64_t i = 0; i < n; i++)
+        if (ids[i] < 0 || ids[i] >= c->d_vocab) {
+            PyErr_Format(PyExc_ValueError, "token id %lld is out of range [0, %lld)", (long long)ids[i],
+                         (long long)c->d_vocab);
+            Py_DECREF(t);
+            return NULL;
+        }
+    npy_intp dims[3];
+    for (int i = 0; i < nd; i++) dims[i] = PyArray_DIM(t, i);
+    dims[nd] = (npy_intp)c->d_model;
+    PyArrayObject *out = (PyArrayObject *)PyArray_SimpleNew(nd + 1, dims, NPY_FLOAT32);
+    if (!out) {
+        Py_DECREF(t);
+        return NULL;
+    }
+    Py_BEGIN_ALLOW_THREADS
+    if (self->w.W_E_dtype == GB_F32)
+        gb_embed(PyArray_DATA(out), (const float *)self->w.W_E, ids, n, c->d_model);
+    else
+        gb_embed_rows(PyArray_DATA(out), self->w.W_E, self->w.W_E_dtype, ids, n, c->d_model);
+    Py_END_ALLOW_THREADS
+    Py_DECREF(t);
+    return (PyObject *)out;
 }
 
 static int append_name(PyObject *list, int site, int64_t layer) {
@@ -869,10 +1077,13 @@ static PyMethodDef Model_methods[] = {
     {"forward", (PyCFunction)(void (*)(void))Model_forward, METH_VARARGS | METH_KEYWORDS,
      "forward(tokens=None, *, residual=None, attention_mask=None, positions=None, start_at_layer=0,\n"
      "        stop_at_layer=None, final_norm=True, unembed=True, cache=None, hooks=None,\n"
-     "        callback=None) -> ndarray\n\n"
+     "        callback=None, embeds=None, kv_cache=None) -> ndarray\n\n"
      "Run the forward pass in C with the GIL released. See docs/engine-interface.md."},
     {"hook_shape", (PyCFunction)Model_hook_shape, METH_VARARGS,
-     "hook_shape(site_id, B, P) -> tuple: the activation shape at a hook site."},
+     "hook_shape(site_id, B, P, K=P) -> tuple: the activation shape at a hook site\n"
+     "(K: keys attended, past + P with a KV cache)."},
+    {"embed_tokens", (PyCFunction)Model_embed_tokens, METH_O,
+     "embed_tokens(tokens) -> ndarray [..., d_model]: rows of W_E (widened / dequantised)."},
     {"hook_names", (PyCFunction)Model_hook_names, METH_NOARGS,
      "hook_names() -> list[str]: hook points that fire for this config, in firing order."},
     {"set_flags", (PyCFunction)(void (*)(void))Model_set_flags, METH_VARARGS | METH_KEYWORDS,

@@ -38,19 +38,16 @@ static PyObject *py_isa_supported(PyObject *self, PyObject *arg) {
 }
 
 static PyObject *py_num_threads(PyObject *self, PyObject *noargs) {
-#ifdef _OPENMP
-    extern int omp_get_max_threads(void);
-    return PyLong_FromLong(omp_get_max_threads());
-#else
-    return PyLong_FromLong(1);
-#endif
+    return PyLong_FromLong(gb_max_threads()); /* 1 without OpenMP, and in a forked child */
 }
 
 static PyMethodDef base_methods[] = {
     {"isa", py_isa, METH_NOARGS, "isa() -> str: the SIMD path in use (scalar, avx2, avx512)."},
     {"set_isa", py_set_isa, METH_O, "set_isa(name): force a SIMD path (tests)."},
     {"isa_supported", py_isa_supported, METH_O, "isa_supported(name) -> bool."},
-    {"num_threads", py_num_threads, METH_NOARGS, "num_threads() -> int: OpenMP threads (1 if serial)."},
+    {"num_threads", py_num_threads, METH_NOARGS,
+     "num_threads() -> int: threads the kernels use (OpenMP's count; 1 in a serial build and in a\n"
+     "process forked after import, where libgomp cannot start threads)."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -73,7 +73,14 @@ class ActivationCache:
         return self.cache_dict.items()
 
     def __repr__(self) -> str:
-        return f"ActivationCache with keys {list(self.cache_dict.keys())}"
+        from glassbox.display import cache_text
+
+        return cache_text(self)
+
+    def _repr_html_(self) -> str:
+        from glassbox.display import cache_html
+
+        return cache_html(self)
 
     # -- batch handling -------------------------------------------------------------------
     def _batch_size(self) -> int:
@@ -125,8 +132,8 @@ class ActivationCache:
     def _np(self, key: Any) -> np.ndarray:
         return np.asarray(to_numpy(self[key]), dtype=np.float32)
 
-    def _out(self, arr: np.ndarray) -> Any:
-        return wrap(np.ascontiguousarray(arr), self._torch())
+    def _out(self, arr: np.ndarray, like: Any = None) -> Any:
+        return wrap(np.ascontiguousarray(arr), self._torch() or is_torch(like))
 
     @property
     def _n_layers(self) -> int:
@@ -262,6 +269,158 @@ class ActivationCache:
         out = self._out(stack)
         return (out, labels) if return_labels else out
 
+    # -- neurons and the full decomposition ------------------------------------------------
+    def get_neuron_results(
+        self,
+        layer: int,
+        neuron_slice: Union[Slice, SliceInput] = None,
+        pos_slice: Union[Slice, SliceInput] = None,
+        project_output_onto: Any = None,
+    ) -> Any:
+        """Each neuron's contribution to the residual stream at ``layer``: ``post[..., n] *
+        W_out[n]`` → [*bp, neurons, d_model] (not cached: cheap to recompute, big to keep).
+
+        ``project_output_onto`` ([d_model] or [d_model, k]) is contracted with ``W_out`` first,
+        so the [*bp, d_mlp, d_model] intermediate is never formed: the result is [*bp, neurons]
+        or [*bp, neurons, k]. An int ``pos_slice`` / ``neuron_slice`` drops that axis."""
+        neuron_slice = neuron_slice if isinstance(neuron_slice, Slice) else Slice(neuron_slice)
+        pos_slice = pos_slice if isinstance(pos_slice, Slice) else Slice(pos_slice)
+        acts = pos_slice.apply(self._np(("post", layer, "mlp")), dim=-2)
+        acts = neuron_slice.apply(acts, dim=-1)
+        W_out = neuron_slice.apply(self._W_out(layer), dim=0)
+        if project_output_onto is None:
+            out = acts[..., None] * W_out
+        else:
+            proj = W_out @ np.asarray(to_numpy(project_output_onto), dtype=np.float32)
+            out = acts * proj if proj.ndim == 1 else acts[..., None] * proj
+        return self._out(out.astype(np.float32), project_output_onto)
+
+    def stack_neuron_results(
+        self,
+        layer: int,
+        pos_slice: Union[Slice, SliceInput] = None,
+        neuron_slice: Union[Slice, SliceInput] = None,
+        return_labels: bool = False,
+        incl_remainder: bool = False,
+        apply_ln: bool = False,
+        project_output_onto: Any = None,
+    ) -> Any:
+        """Every neuron's result in layers < ``layer`` → [n_neurons (+1), *bp, d_model], labels
+        ``"L{l}N{n}"``; ``incl_remainder`` adds ``resid_post[layer-1]`` minus their sum. With
+        ``project_output_onto`` ([d_model] or [d_model, k]) the last axis is the projection (the
+        per-neuron d_model vectors are never formed, also with ``apply_ln``, which then uses the
+        cached scale analytically: LN_s(a W) p = a / s (W p - mean(W) sum(p)))."""
+        L = self._n_layers
+        if layer is None or layer == -1:
+            layer = L
+        neuron_slice = neuron_slice if isinstance(neuron_slice, Slice) else Slice(neuron_slice)
+        pos_slice = pos_slice if isinstance(pos_slice, Slice) else Slice(pos_slice)
+        proj, squeeze = _projection_2d(project_output_onto)
+        ids = np.atleast_1d(neuron_slice.apply(np.arange(self.model.cfg.d_mlp), dim=0))
+        labels = [f"L{l}N{h}" for l in range(layer) for h in ids]
+        base = pos_slice.apply(self._np("hook_embed"), dim=-2)  # [*bp, d_model]
+        lead = base.shape[:-1]
+        width = proj.shape[-1] if proj is not None else self.model.cfg.d_model
+        if apply_ln and proj is not None:
+            scale = self._ln_scale(layer, False, pos_slice)
+            centre = self.model.cfg.normalization_type in ("LN", "LNPre")
+            parts = []
+            for l in range(layer):
+                W = neuron_slice.apply(self._W_out(l), dim=0)
+                a = neuron_slice.apply(pos_slice.apply(self._np(("post", l, "mlp")), dim=-2), dim=-1)
+                if neuron_slice.mode == "int":  # one neuron: keep its axis for the algebra below
+                    W, a = W[None], a[..., None]
+                lin = W @ proj - (W.mean(-1)[:, None] * proj.sum(0)[None, :] if centre else 0.0)
+                parts.append(np.moveaxis(np.atleast_1d((a / scale)[..., None] * lin).reshape(*lead, -1, width), -2, 0))
+            stack = np.concatenate(parts, axis=0) if parts else np.zeros((0, *lead, width), np.float32)
+            if incl_remainder:
+                resid = pos_slice.apply(self._np(("resid_post", layer - 1)), dim=-2)[None]
+                rem = self._apply_ln_np(resid, layer, pos_slice=pos_slice)[0] @ proj
+                stack = np.concatenate([stack, (rem - stack.sum(0))[None]], axis=0)
+                labels.append("remainder")
+        else:
+            parts = []
+            for l in range(layer):
+                r = np.asarray(to_numpy(self.get_neuron_results(l, neuron_slice=neuron_slice, pos_slice=pos_slice,
+                                                                project_output_onto=proj)))
+                parts.append(np.moveaxis(r.reshape(*lead, -1, width), -2, 0))
+            stack = np.concatenate(parts, axis=0) if parts else np.zeros((0, *lead, width), np.float32)
+            if incl_remainder:
+                rem = pos_slice.apply(self._np(("resid_post", layer - 1)), dim=-2)
+                if proj is not None:
+                    rem = rem @ proj
+                stack = np.concatenate([stack, (rem - stack.sum(0))[None]], axis=0)
+                labels.append("remainder")
+            if apply_ln:
+                stack = self._apply_ln_np(stack, layer, pos_slice=pos_slice)
+        if squeeze:
+            stack = stack[..., 0]
+        out = self._out(stack.astype(np.float32), project_output_onto)
+        return (out, labels) if return_labels else out
+
+    def get_full_resid_decomposition(
+        self,
+        layer: Optional[int] = None,
+        mlp_input: bool = False,
+        expand_neurons: bool = True,
+        apply_ln: bool = False,
+        pos_slice: Union[Slice, SliceInput] = None,
+        return_labels: bool = False,
+        project_output_onto: Any = None,
+    ) -> Any:
+        """The residual stream before ``layer`` (its MLP if ``mlp_input``) as a sum of every
+        head's result, every neuron's result (or each MLP's output if not ``expand_neurons``),
+        embed, pos_embed and the accumulated biases → [n_components, *bp, d_model], in that
+        order; ``project_output_onto`` and ``apply_ln`` as in :meth:`stack_neuron_results`."""
+        L = self._n_layers
+        if layer is None or layer == -1:
+            layer = L
+        pos_slice = pos_slice if isinstance(pos_slice, Slice) else Slice(pos_slice)
+        proj, squeeze = _projection_2d(project_output_onto)
+        folded = apply_ln and proj is not None
+
+        def finish(stack: np.ndarray) -> np.ndarray:
+            if folded:
+                return self._apply_ln_np(stack, layer, pos_slice=pos_slice, mlp_input=mlp_input) @ proj
+            return stack @ proj if proj is not None else stack
+
+        heads, labels = self.stack_head_results(layer + (1 if mlp_input else 0), pos_slice=pos_slice, return_labels=True)
+        parts = [finish(np.asarray(to_numpy(heads), dtype=np.float32))]
+        labels = list(labels)
+        if not self.model.cfg.attn_only and layer > 0:
+            if expand_neurons:
+                neurons, nl = self.stack_neuron_results(layer, pos_slice=pos_slice, return_labels=True,
+                                                        apply_ln=folded, project_output_onto=proj)
+                parts.append(np.asarray(to_numpy(neurons), dtype=np.float32))
+            else:
+                mlps, nl = self.decompose_resid(layer, mlp_input=mlp_input, pos_slice=pos_slice, incl_embeds=False,
+                                                mode="mlp", return_labels=True)
+                parts.append(finish(np.asarray(to_numpy(mlps), dtype=np.float32)))
+            labels += nl
+        for key, label, present in (("embed", "embed", self.has_embed), ("pos_embed", "pos_embed", self.has_pos_embed)):
+            if present:
+                parts.append(finish(pos_slice.apply(self._np(key), dim=-2)[None]))
+                labels.append(label)
+        bias = np.asarray(to_numpy(self.model.accumulated_bias(layer, mlp_input, include_mlp_biases=expand_neurons)),
+                          dtype=np.float32)
+        lead = parts[0].shape[1:-1]
+        parts.append(finish(np.broadcast_to(bias, (1, *lead, bias.shape[-1])).copy()))
+        labels.append("bias")
+        stack = np.concatenate(parts, axis=0)
+        if apply_ln and not folded:
+            stack = self._apply_ln_np(stack, layer, pos_slice=pos_slice, mlp_input=mlp_input)
+        if squeeze:
+            stack = stack[..., 0]
+        out = self._out(stack.astype(np.float32), project_output_onto)
+        return (out, labels) if return_labels else out
+
+    def _W_out(self, layer: int) -> np.ndarray:
+        return np.asarray(self.model.blocks[layer].mlp.param_np("W_out"), dtype=np.float32)
+
+    def _ln_scale(self, layer: int, mlp_input: bool, pos_slice: Slice) -> np.ndarray:
+        key = "ln_final.hook_scale" if layer in (None, -1, self._n_layers) else f"blocks.{layer}.ln{2 if mlp_input else 1}.hook_scale"
+        return pos_slice.apply(self._np(key), dim=-2)
+
     def apply_ln_to_stack(
         self,
         residual_stack: Any,
@@ -366,6 +525,18 @@ class ActivationCache:
         )
         out = (scaled * dirs).sum(-1)
         return wrap(np.ascontiguousarray(out.astype(np.float32)), is_torch(residual_stack) or self._torch())
+
+
+def _projection_2d(project: Any) -> Tuple[Optional[np.ndarray], bool]:
+    """``project_output_onto`` as a float32 [d_model, k] array, and whether it was 1-d."""
+    if project is None:
+        return None, False
+    p = np.asarray(to_numpy(project), dtype=np.float32)
+    if p.ndim == 1:
+        return p[:, None], True
+    if p.ndim != 2:
+        raise ValueError(f"project_output_onto must be [d_model] or [d_model, k], got shape {p.shape}")
+    return p, False
 
 
 def _tok_np(tokens: Any) -> Any:

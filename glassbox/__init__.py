@@ -16,26 +16,35 @@ from glassbox.config.hooked_transformer_config import HookedTransformerConfig
 from glassbox.hook_points import HookedRootModule, HookPoint, LensHandle
 from glassbox.HookedTransformer import HookedTransformer, Output
 from glassbox.tokenization import Tokenizer
+from glassbox.past_key_value_caching import (  # TL 2.x names and TL 3.x names
+    HookedTransformerKeyValueCache,
+    HookedTransformerKeyValueCacheEntry,
+    TransformerLensKeyValueCache,
+    TransformerLensKeyValueCacheEntry,
+)
 
 from glassbox import hook_points, utilities, components, config  # noqa: E402,F401
+from glassbox import lens, visualization  # noqa: E402,F401
 from glassbox import patching  # noqa: E402,F401
 
-try:  # modules owned by colleagues; optional while they land
-    from glassbox.FactoredMatrix import FactoredMatrix  # noqa: F401
-except ImportError:  # pragma: no cover
-    pass
+from glassbox.FactoredMatrix import FactoredMatrix  # noqa: E402
 
 __version__ = "0.1.0"
 
 __all__ = [
     "HookedTransformer",
     "HookedTransformerConfig",
+    "FactoredMatrix",
     "ActivationCache",
     "HookedRootModule",
     "HookPoint",
     "LensHandle",
     "Output",
     "Tokenizer",
+    "HookedTransformerKeyValueCache",
+    "HookedTransformerKeyValueCacheEntry",
+    "TransformerLensKeyValueCache",
+    "TransformerLensKeyValueCacheEntry",
     "utils",
     "utilities",
     "hook_points",
@@ -44,4 +53,6 @@ __all__ = [
     "patching",
     "set_array_backend",
     "get_array_backend",
+    "lens",
+    "visualization",
 ]

@@ -199,10 +199,14 @@ class Attention(Component):
 
     @property
     def QK(self):
+        """QK circuit of every head: ``FactoredMatrix(W_Q, W_K^T)``, ``[n_heads, d_model, d_model]``
+        of rank d_head (GQA: W_K repeated to n_heads). ``attn.QK[h]`` is head h's."""
         return _factored(self.W_Q, _transpose(self.W_K))
 
     @property
     def OV(self):
+        """OV circuit of every head: ``FactoredMatrix(W_V, W_O)``, ``[n_heads, d_model, d_model]``
+        of rank d_head (GQA: W_V repeated to n_heads). ``attn.OV[h]`` is head h's."""
         return _factored(self.W_V, self.W_O)
 
 
@@ -293,10 +297,9 @@ def _transpose(x: Any) -> Any:
 
 
 def _factored(a: Any, b: Any) -> Any:
-    try:
-        from glassbox.FactoredMatrix import FactoredMatrix  # provided by a colleague
-    except ImportError:  # pragma: no cover - fall back to the dense product
-        return a @ b
+    """``FactoredMatrix(a, b)``: the product is never multiplied out (see glassbox.FactoredMatrix)."""
+    from glassbox.FactoredMatrix import FactoredMatrix
+
     return FactoredMatrix(a, b)
 
 

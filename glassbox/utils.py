@@ -115,6 +115,15 @@ def get_matrix_corner(tensor: Any, n: int = 3) -> Any:
     return get_corner(tensor, n)
 
 
+def composition_scores(left: Any, right: Any, broadcast_dims: bool = True) -> Any:
+    """Composition scores ``|L R|_F / (|L|_F |R|_F)`` of FactoredMatrix (or dense) circuits, e.g.
+    ``composition_scores(model.OV, model.QK)`` -> ``[n_layers, n_heads, n_layers, n_heads]``.
+    See :func:`glassbox.utilities.matrix.composition_scores`."""
+    from glassbox.utilities.matrix import composition_scores as scores
+
+    return scores(left, right, broadcast_dims=broadcast_dims)
+
+
 def transpose(tensor: Any) -> Any:
     """Swap the last two dimensions."""
     if is_torch(tensor):
@@ -351,16 +360,18 @@ class LocallyOverridenDefaults:
         self._saved: dict = {}
 
     def __enter__(self) -> "LocallyOverridenDefaults":
+        # validate everything before changing anything: a rejected argument leaves the model as it was
+        if self.padding_side is not None and self.padding_side not in ("left", "right"):
+            raise ValueError(f"padding_side must be 'left' or 'right', got {self.padding_side!r}")
+        if self.prepend_bos is not None and not isinstance(self.prepend_bos, (bool, np.bool_)):
+            raise ValueError(f"prepend_bos must be True, False or None, got {self.prepend_bos!r}")
         if self.prepend_bos is not None:
             self._saved["prepend_bos"] = self.model.cfg.default_prepend_bos
-            self.model.cfg.default_prepend_bos = self.prepend_bos
+            self.model.cfg.default_prepend_bos = bool(self.prepend_bos)
         tok = getattr(self.model, "tokenizer", None)
-        if self.padding_side is not None:
-            if self.padding_side not in ("left", "right"):
-                raise ValueError(f"padding_side must be 'left' or 'right', got {self.padding_side!r}")
-            if tok is not None:
-                self._saved["padding_side"] = tok.padding_side
-                tok.padding_side = self.padding_side
+        if self.padding_side is not None and tok is not None:
+            self._saved["padding_side"] = tok.padding_side
+            tok.padding_side = self.padding_side
         return self
 
     def __exit__(self, *exc: Any) -> None:
@@ -423,19 +434,28 @@ def test_prompt(
         ranks = [int(np.where(order[i] == ans_tok[i])[0][0]) for i in range(n_answers)]
         answer_ranks.append(list(zip(ans_str, ranks)))
         if print_details:
-            print(f"Performance on answer token{'s' if multi else ''}:")
-            for i in range(n_answers):
-                print(
-                    f"Rank: {ranks[i]: <8} Logit: {logits[i, index - 1, ans_tok[i]]:5.2f} "
-                    f"Prob: {tp[i, ans_tok[i]]:6.2%} Token: |{ans_str[i]}|"
-                )
+            _rich_print(f"Performance on answer token{'s' if multi else ''}:\n" + "\n".join(
+                f"[b]Rank: {ranks[i]: <8} Logit: {logits[i, index - 1, ans_tok[i]]:5.2f} "
+                f"Prob: {tp[i, ans_tok[i]]:6.2%} Token: |{ans_str[i]}|[/b]" for i in range(n_answers)))
             for k in range(top_k):
                 tok_id = int(order[0, k])
                 print(
                     f"Top {k}th token. Logit: {logits[0, index - 1, tok_id]:5.2f} "
                     f"Prob: {tp[0, tok_id]:6.2%} Token: |{model.to_string(tok_id)}|"
                 )
-    print("Ranks of the answer tokens:", [r for step in answer_ranks for r in step])
+    shown = answer_ranks if multi else [step[0] for step in answer_ranks]
+    _rich_print(f"[b]Ranks of the answer tokens:[/b] {shown}")
+
+
+def _rich_print(text: str) -> None:
+    """Print with ``rich`` when it is installed (bold markup, wrapping at the console width, as
+    TransformerLens's test_prompt prints), else plainly without the markup."""
+    try:
+        from rich import print as rprint
+    except ImportError:
+        print(re.sub(r"\[/?b\]", "", text))
+    else:
+        rprint(text)
 
 
 __all__ = [
@@ -449,6 +469,7 @@ __all__ = [
     "get_corner",
     "get_matrix_corner",
     "transpose",
+    "composition_scores",
     "get_cumsum_along_dim",
     "get_offset_position_ids",
     "gelu_new",
@@ -466,9 +487,42 @@ __all__ = [
 def sample_logits(final_logits: Any, top_k: Optional[int] = None, top_p: Optional[float] = None,
                   temperature: float = 1.0, freq_penalty: float = 0.0,
                   repetition_penalty: float = 1.0, tokens: Any = None) -> Any:
-    """Next token ids [batch] from final-position logits [batch, d_vocab] (see
-    :func:`glassbox.generation.sample_logits`; ``temperature=0`` is greedy)."""
-    from glassbox.generation import sample_logits as _sample
+    """Next token ids [batch] from final-position logits [batch, d_vocab], TransformerLens's
+    ``sample_logits`` (``temperature=0`` is greedy). torch logits: drawn with torch's RNG exactly
+    as TransformerLens draws; NumPy logits: a NumPy draw. See :mod:`glassbox.sampling`."""
+    from glassbox.sampling import sample_logits as _sample
 
     return _sample(final_logits, top_k=top_k, top_p=top_p, temperature=temperature,
                    freq_penalty=freq_penalty, repetition_penalty=repetition_penalty, tokens=tokens)
+
+
+def solu(x: Any) -> Any:
+    """SoLU activation: ``x * softmax(x)`` over the last axis."""
+    if is_torch(x):
+        return x * x.softmax(dim=-1)
+    a = np.asarray(x, dtype=np.float64)
+    e = np.exp(a - a.max(-1, keepdims=True))
+    return (a * e / e.sum(-1, keepdims=True)).astype(np.asarray(x).dtype)
+
+
+# The rest of TransformerLens's utilities, one module per topic (glassbox.utilities.*).
+from glassbox.utilities.devices import get_device, print_gpu_mem, warn_if_mps  # noqa: E402
+from glassbox.utilities.hub_utils import (  # noqa: E402
+    clear_huggingface_cache, download_file_from_hf, get_dataset, is_library_available)
+from glassbox.utilities.initialization import (  # noqa: E402
+    calc_fan_in_and_fan_out, init_kaiming_normal_, init_kaiming_uniform_, init_xavier_normal_,
+    init_xavier_uniform_)
+from glassbox.utilities.tensors import (  # noqa: E402
+    check_structure, filter_dict_by_prefix, get_nested_attr, is_lower_triangular, is_square,
+    repeat_along_head_dimension, set_nested_attr)
+from glassbox.utilities.tokenize_utils import (  # noqa: E402
+    get_tokenizer_with_bos, keep_single_column, tokenize_and_concatenate)
+
+__all__ += [
+    "solu", "sample_logits", "get_device", "print_gpu_mem", "warn_if_mps", "clear_huggingface_cache",
+    "download_file_from_hf", "get_dataset", "is_library_available", "calc_fan_in_and_fan_out",
+    "init_kaiming_normal_", "init_kaiming_uniform_", "init_xavier_normal_", "init_xavier_uniform_",
+    "check_structure", "filter_dict_by_prefix", "get_nested_attr", "is_lower_triangular", "is_square",
+    "repeat_along_head_dimension", "set_nested_attr", "get_tokenizer_with_bos", "keep_single_column",
+    "tokenize_and_concatenate",
+]

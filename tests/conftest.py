@@ -27,7 +27,8 @@ def pytest_configure(config):
     try:
         import torch
 
-        torch.set_num_threads(2)
+        # torch and glassbox share libgomp: keep torch at the same thread count as OMP_NUM_THREADS
+        torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))
     except Exception:
         pass
     try:

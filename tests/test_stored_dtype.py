@@ -102,12 +102,9 @@ def tokens_for(s, seed=0, shape=(B, P)):
 
 
 def _memmapped(arr) -> bool:
-    base = arr
-    while base is not None:
-        if isinstance(base, np.memmap):
-            return True
-        base = getattr(base, "base", None)
-    return False
+    from glassbox.loading.mapped import mapped_file_of
+
+    return mapped_file_of(arr) is not None
 
 
 # ------------------------------------------------------------------------------------------

@@ -86,10 +86,12 @@ static void act_chunks(float *out, const float *x, const float *up, int64_t n, g
     if (gb_isa_current() >= GB_ISA_AVX2) range = act_range_avx2;
 #endif
     int64_t nchunks = (n + GB_ACT_CHUNK - 1) / GB_ACT_CHUNK;
+    const gb_stop_flag *stop = gb_stop_token();
 #ifdef _OPENMP
-#pragma omp parallel for schedule(static) if (n >= GB_ACT_PAR_MIN)
+#pragma omp parallel for schedule(static) if (n >= GB_ACT_PAR_MIN) num_threads(gb_max_threads())
 #endif
     for (int64_t c = 0; c < nchunks; c++) {
+        if (gb_stop_requested(stop)) continue; /* interrupted: the caller discards the result */
         int64_t lo = c * GB_ACT_CHUNK;
         int64_t len = (lo + GB_ACT_CHUNK < n ? lo + GB_ACT_CHUNK : n) - lo;
         range(out + lo, x + lo, up ? up + lo : NULL, len, act);

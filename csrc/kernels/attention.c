@@ -110,6 +110,9 @@ typedef struct {
     int64_t rep;                 /* H / G query heads per kv head */
 } attn_ctx;
 
+/* Rows of k / v from one sequence to the next. */
+static inline int64_t kv_rows(const gb_attn_shape *s) { return s->kv_rows > 0 ? s->kv_rows : s->K; }
+
 /* Visible key range [*jlo, *jhi) of query i (before the padding mask). */
 static inline void key_range(const gb_attn_shape *s, int64_t i, int64_t *jlo, int64_t *jhi) {
     int64_t qpos = i + (s->K - s->P);
@@ -131,7 +134,7 @@ GB_INLINE float scores_range(const attn_ctx *c, int64_t b, int64_t h, int64_t i,
     const gb_attn_shape *s = c->s;
     const int64_t d = s->d, g = h / c->rep;
     const float *qr = c->q + (b * s->P + i) * s->ldq + h * d;
-    const float *kb = c->k + (b * s->K) * s->ldk + g * d;
+    const float *kb = c->k + (b * kv_rows(s)) * s->ldk + g * d;
     const int32_t *km = s->key_mask ? s->key_mask + b * s->K : NULL;
     const float inv_scale = s->inv_scale;
     float m = -INFINITY;
@@ -155,7 +158,7 @@ GB_INLINE void apply_range(const attn_ctx *c, float *zr, int64_t b, int64_t h, c
                            int64_t jlo, int64_t jhi) {
     const gb_attn_shape *s = c->s;
     const int64_t d = s->d, g = h / c->rep;
-    const float *vb = c->v + (b * s->K) * s->ldv + g * d;
+    const float *vb = c->v + (b * kv_rows(s)) * s->ldv + g * d;
     fill(zr, 0.0f, d);
     for (int64_t j = jlo; j < jhi; j++) {
         float p = prow[j];
@@ -287,11 +290,15 @@ static row_fn pick_row(int which) {
 /* Run fn over all B*H*P rows; `work` (multiply-adds) gates parallelism. */
 static void run_rows(row_fn fn, const attn_ctx *c, int64_t work) {
     const int64_t R = c->s->B * c->s->H * c->s->P;
+    const gb_stop_flag *stop = gb_stop_token();
     (void)work;
 #ifdef _OPENMP
-#pragma omp parallel for schedule(dynamic, 4) if (work >= GB_ATTN_PAR_MIN)
+#pragma omp parallel for schedule(dynamic, 4) if (work >= GB_ATTN_PAR_MIN) num_threads(gb_max_threads())
 #endif
-    for (int64_t r = 0; r < R; r++) fn(c, r);
+    for (int64_t r = 0; r < R; r++) {
+        if (gb_stop_requested(stop)) continue; /* interrupted: the caller discards the result */
+        fn(c, r);
+    }
 }
 
 static attn_ctx make_ctx(const gb_attn_shape *s, float *z, float *scores, float *pattern,
@@ -329,15 +336,17 @@ static int attention_blocked(float *z, float *scores, float *pattern, const floa
     const int64_t nqb = (P + QB - 1) / QB, tasks = B * H * nqb;
     int nthreads = 1;
 #ifdef _OPENMP
-    if (tasks > 1 && tasks * QB * K * d >= GB_ATTN_PAR_MIN) nthreads = omp_get_max_threads();
+    if (tasks > 1 && tasks * QB * K * d >= GB_ATTN_PAR_MIN) nthreads = gb_max_threads();
 #endif
     float *buf = (float *)malloc((size_t)(nthreads * QB * K) * sizeof(float));
     if (!buf) return -1;
     int failed = 0;
+    const gb_stop_flag *stop = gb_stop_token();
 #ifdef _OPENMP
 #pragma omp parallel for schedule(dynamic, 1) num_threads(nthreads) if (nthreads > 1) reduction(|| : failed)
 #endif
     for (int64_t t = 0; t < tasks; t++) {
+        if (gb_stop_requested(stop)) continue; /* interrupted: the caller discards the result */
         int tid = 0;
 #ifdef _OPENMP
         tid = omp_get_thread_num();
@@ -351,7 +360,7 @@ static int attention_blocked(float *z, float *scores, float *pattern, const floa
         const int64_t nk = jhi - jlo; /* keys [jlo, jhi) cover every row of the block */
         float *S = buf + (int64_t)tid * QB * K; /* [rows, nk] */
         if (nk > 0) {
-            gb_matrix Km = {.data = k + (b * K + jlo) * s->ldk + g * d, .dtype = GB_F32, .trans = 1,
+            gb_matrix Km = {.data = k + (b * kv_rows(s) + jlo) * s->ldk + g * d, .dtype = GB_F32, .trans = 1,
                             .K = d, .N = nk, .ld = s->ldk, .group = 0, .group_stride = 0};
             if (gb_gemm(S, nk, q + (b * P + i0) * s->ldq + h * d, s->ldq, &Km, NULL, rows, 0)) {
                 failed = 1;
@@ -390,7 +399,7 @@ static int attention_blocked(float *z, float *scores, float *pattern, const floa
             for (int64_t r = 0; r < rows; r++) fill(zb + r * s->ldz, 0.0f, d);
             continue;
         }
-        gb_matrix Vm = {.data = v + (b * K + jlo) * s->ldv + g * d, .dtype = GB_F32, .trans = 0,
+        gb_matrix Vm = {.data = v + (b * kv_rows(s) + jlo) * s->ldv + g * d, .dtype = GB_F32, .trans = 0,
                         .K = nk, .N = d, .ld = s->ldv, .group = d, .group_stride = 0};
         if (gb_gemm(zb, s->ldz, S, nk, &Vm, NULL, rows, 0)) failed = 1;
     }
@@ -418,8 +427,9 @@ int gb_attention(float *z, float *scores, float *pattern, const float *q,
      * materialises the pattern (then the softmax runs in its rows). */
     float *scratch = NULL;
     int64_t nthreads = 1;
+    const gb_stop_flag *stop = gb_stop_token();
 #ifdef _OPENMP
-    if (work >= GB_ATTN_PAR_MIN) nthreads = omp_get_max_threads();
+    if (work >= GB_ATTN_PAR_MIN) nthreads = gb_max_threads();
 #endif
     if (!pattern) {
         scratch = (float *)malloc((size_t)(nthreads * s->K) * sizeof(float));
@@ -434,7 +444,10 @@ int gb_attention(float *z, float *scores, float *pattern, const float *q,
         if (scratch) scr = scratch + (int64_t)omp_get_thread_num() * s->K;
 #pragma omp for schedule(dynamic, 4)
 #endif
-        for (int64_t r = 0; r < R; r++) fn(&c, r, scr);
+        for (int64_t r = 0; r < R; r++) {
+            if (gb_stop_requested(stop)) continue; /* interrupted: the caller discards the result */
+            fn(&c, r, scr);
+        }
     }
     free(scratch);
     return 0;

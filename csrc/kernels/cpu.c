@@ -1,10 +1,55 @@
 /* Run-time ISA selection: once at import, from CPU features (never from the
- * vendor or family), overridable with GLASSBOX_ISA for tests. */
+ * vendor or family), overridable with GLASSBOX_ISA for tests.  Also the process-wide
+ * state every kernel consults: how many threads it may use (1 in a forked child), and the
+ * stop flag that makes a long kernel return early when the run is interrupted. */
 #include <stdlib.h>
 #include <string.h>
 #include <stdio.h>
 
+#if defined(__unix__) || defined(__APPLE__)
+#include <pthread.h>
+#define GB_HAVE_ATFORK 1
+#endif
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
 #include "kernels.h"
+
+/* ------------------------------------------------------------ threads after fork */
+/* libgomp's thread pool does not survive fork(): the child inherits the pool's bookkeeping
+ * but not its threads, so the first parallel region with more than one thread waits forever
+ * for them.  A child therefore runs every kernel on its calling thread (a one-thread region
+ * never touches the pool).  Set in the child by the pthread_atfork handler registered in
+ * gb_cpu_init, i.e. for every fork the process makes after glassbox._C was imported
+ * (os.fork, multiprocessing's "fork" start method); inherited by grandchildren. */
+static volatile int forked_child = 0;
+
+#ifdef GB_HAVE_ATFORK
+static void after_fork_in_child(void) { forked_child = 1; }
+#endif
+
+int gb_max_threads(void) {
+#ifdef _OPENMP
+    if (forked_child) return 1;
+    return omp_get_max_threads();
+#else
+    return 1;
+#endif
+}
+
+int gb_in_forked_child(void) { return forked_child; }
+
+/* ---------------------------------------------------------------- stop flag */
+static atomic_int stop_flag = 0;
+static const atomic_int never_stop = 0;
+static _Thread_local int stop_armed = 0; /* this thread runs an interruptible call */
+
+const gb_stop_flag *gb_stop_token(void) { return stop_armed ? &stop_flag : &never_stop; }
+void gb_stop_arm(int on) { stop_armed = on; }
+void gb_stop_request(void) { atomic_store_explicit(&stop_flag, 1, memory_order_relaxed); }
+void gb_stop_clear(void) { atomic_store_explicit(&stop_flag, 0, memory_order_relaxed); }
+int gb_stop_pending(void) { return atomic_load_explicit(&stop_flag, memory_order_relaxed) != 0; }
 
 static gb_isa current_isa = GB_ISA_SCALAR;
 static int initialised = 0;
@@ -43,6 +88,10 @@ static gb_isa best_isa(void) {
 gb_isa gb_cpu_init(void) {
     if (initialised) return current_isa;
     initialised = 1;
+#ifdef GB_HAVE_ATFORK
+    static int atfork_registered = 0;
+    if (!atfork_registered) atfork_registered = pthread_atfork(NULL, NULL, after_fork_in_child) == 0;
+#endif
     current_isa = best_isa();
     const char *env = getenv("GLASSBOX_ISA");
     if (env && *env) {

@@ -72,15 +72,30 @@ static inline float f16_to_f32(uint16_t h) {
     return f;
 }
 
+/* Element i of a float32 / 16-bit array at `base`, which need not be aligned: weights kept as
+ * stored are views of a file mapping, and a safetensors data buffer starts at 8 + header
+ * length, which may be any byte offset.  memcpy is the defined way to read them (compilers
+ * turn it into a plain unaligned load). */
+static inline float ld_f32(const void *base, int64_t i) {
+    float f;
+    memcpy(&f, (const char *)base + i * (int64_t)sizeof f, sizeof f);
+    return f;
+}
+static inline uint16_t ld_u16(const void *base, int64_t i) {
+    uint16_t h;
+    memcpy(&h, (const char *)base + i * (int64_t)sizeof h, sizeof h);
+    return h;
+}
+
 /* B element at flat offset `off` of B->data, widened to fp32. */
 static inline float load_elem(const void *data, int dtype, int64_t off) {
     switch (dtype) {
     case GB_BF16:
-        return bf16_to_f32(((const uint16_t *)data)[off]);
+        return bf16_to_f32(ld_u16(data, off));
     case GB_F16:
-        return f16_to_f32(((const uint16_t *)data)[off]);
+        return f16_to_f32(ld_u16(data, off));
     default:
-        return ((const float *)data)[off];
+        return ld_f32(data, off);
     }
 }
 
@@ -118,10 +133,11 @@ static int gemm_scalar_blocks(float *C, int64_t ldc, const float *A, int64_t lda
     const uint8_t *data = (const uint8_t *)B->data;
     int nthreads = 1;
 #ifdef _OPENMP
-    if (M * N * K > 100000) nthreads = omp_get_max_threads();
+    if (M * N * K > 100000) nthreads = gb_max_threads();
 #endif
     float *rows = malloc((size_t)nthreads * (size_t)K * sizeof(float));
     if (!rows) return -1;
+    const gb_stop_flag *stop = gb_stop_token();
 #ifdef _OPENMP
 #pragma omp parallel num_threads(nthreads)
 #endif
@@ -135,6 +151,7 @@ static int gemm_scalar_blocks(float *C, int64_t ldc, const float *A, int64_t lda
 #pragma omp for schedule(static)
 #endif
         for (int64_t n = 0; n < N; n++) {
+            if (gb_stop_requested(stop)) continue; /* interrupted: C is discarded */
             gb_dequantize_row_isa(GB_ISA_SCALAR, w, data + n * rb, B->dtype, K);
             for (int64_t m = 0; m < M; m++) {
                 const float *a = A + m * lda;
@@ -159,15 +176,17 @@ static int gemm_scalar(float *C, int64_t ldc, const float *A, int64_t lda,
     const void *data = B->data;
     const int dtype = B->dtype;
     if (is_block(dtype)) return gemm_scalar_blocks(C, ldc, A, lda, B, bias, M, accumulate);
+    const gb_stop_flag *stop = gb_stop_token();
     if (B->trans) {
         /* B(k, n) = data[n*ld + k]: a dot product along contiguous memory. */
 #ifdef _OPENMP
-#pragma omp parallel for schedule(static) if (M * N * K > 100000)
+#pragma omp parallel for schedule(static) if (M * N * K > 100000) num_threads(gb_max_threads())
 #endif
         for (int64_t m = 0; m < M; m++) {
             const float *a = A + m * lda;
             float *c = C + m * ldc;
             for (int64_t n = 0; n < N; n++) {
+                if (gb_stop_requested(stop)) break; /* interrupted: C is discarded */
                 float s = 0.0f;
                 for (int64_t k = 0; k < K; k++)
                     s += a[k] * load_elem(data, dtype, n * B->ld + k);
@@ -181,12 +200,12 @@ static int gemm_scalar(float *C, int64_t ldc, const float *A, int64_t lda,
      * per-column sums in a row buffer; same summation order as above. */
     int nthreads = 1;
 #ifdef _OPENMP
-    nthreads = omp_get_max_threads();
+    nthreads = gb_max_threads();
 #endif
     float *sums = malloc((size_t)nthreads * (size_t)(N > 0 ? N : 1) * sizeof(float));
     if (!sums) return -1;
 #ifdef _OPENMP
-#pragma omp parallel for schedule(static) if (M * N * K > 100000)
+#pragma omp parallel for schedule(static) if (M * N * K > 100000) num_threads(nthreads)
 #endif
     for (int64_t m = 0; m < M; m++) {
         int tid = 0;
@@ -198,6 +217,7 @@ static int gemm_scalar(float *C, int64_t ldc, const float *A, int64_t lda,
         float *c = C + m * ldc;
         for (int64_t n = 0; n < N; n++) s[n] = 0.0f;
         for (int64_t k = 0; k < K; k++) {
+            if (gb_stop_requested(stop)) break; /* interrupted: C is discarded */
             const float ak = a[k];
             for (int64_t n = 0; n < N; n++)
                 s[n] += ak * load_elem(data, dtype, b_offset(B, k, n));
@@ -249,21 +269,15 @@ static void pack_panel(float *restrict dst, float *restrict scratch,
             const int64_t base = (n0 + j) * B->ld + k0;
             float *d = dst + j;
             switch (dtype) {
-            case GB_F32: {
-                const float *s = (const float *)data + base;
-                for (int64_t k = 0; k < kc; k++) d[k * NR] = s[k];
+            case GB_F32:
+                for (int64_t k = 0; k < kc; k++) d[k * NR] = ld_f32(data, base + k);
                 break;
-            }
-            case GB_BF16: {
-                const uint16_t *s = (const uint16_t *)data + base;
-                for (int64_t k = 0; k < kc; k++) d[k * NR] = bf16_to_f32(s[k]);
+            case GB_BF16:
+                for (int64_t k = 0; k < kc; k++) d[k * NR] = bf16_to_f32(ld_u16(data, base + k));
                 break;
-            }
-            default: {
-                const uint16_t *s = (const uint16_t *)data + base;
-                for (int64_t k = 0; k < kc; k++) d[k * NR] = f16_to_f32(s[k]);
+            default:
+                for (int64_t k = 0; k < kc; k++) d[k * NR] = f16_to_f32(ld_u16(data, base + k));
                 break;
-            }
             }
         }
         return;
@@ -287,18 +301,15 @@ static void pack_panel(float *restrict dst, float *restrict scratch,
             const int64_t base = row + off[0];
             switch (dtype) {
             case GB_F32:
-                memcpy(d, (const float *)data + base, (size_t)nr * sizeof(float));
+                memcpy(d, (const char *)data + base * (int64_t)sizeof(float),
+                       (size_t)nr * sizeof(float));
                 break;
-            case GB_BF16: {
-                const uint16_t *s = (const uint16_t *)data + base;
-                for (int64_t j = 0; j < nr; j++) d[j] = bf16_to_f32(s[j]);
+            case GB_BF16:
+                for (int64_t j = 0; j < nr; j++) d[j] = bf16_to_f32(ld_u16(data, base + j));
                 break;
-            }
-            default: {
-                const uint16_t *s = (const uint16_t *)data + base;
-                for (int64_t j = 0; j < nr; j++) d[j] = f16_to_f32(s[j]);
+            default:
+                for (int64_t j = 0; j < nr; j++) d[j] = f16_to_f32(ld_u16(data, base + j));
                 break;
-            }
             }
         } else {
             for (int64_t j = 0; j < nr; j++) d[j] = load_elem(data, dtype, row + off[j]);
@@ -342,10 +353,12 @@ static int gemm_dot_avx2(float *C, int64_t ldc, const float *A, int64_t lda,
                          const gb_matrix *B, const float *bias, int64_t M,
                          int accumulate) {
     const int64_t N = B->N, NB = 64, nblocks = (N + NB - 1) / NB;
+    const gb_stop_flag *stop = gb_stop_token();
 #ifdef _OPENMP
-#pragma omp parallel for schedule(static) if (M * N * B->K >= 200000)
+#pragma omp parallel for schedule(static) if (M * N * B->K >= 200000) num_threads(gb_max_threads())
 #endif
     for (int64_t blk = 0; blk < nblocks; blk++) {
+        if (gb_stop_requested(stop)) continue; /* interrupted: C is discarded */
         const int64_t n0 = blk * NB, n1 = n0 + NB < N ? n0 + NB : N;
         gb_gemm_dot_avx2(C, ldc, A, lda, (const float *)B->data, B->ld, M, B->K, n0,
                          n1, accumulate, bias);
@@ -365,11 +378,12 @@ static int gemm_dot_blocks_avx2(float *C, int64_t ldc, const float *A, int64_t l
     const uint8_t *data = (const uint8_t *)B->data;
     int nthreads = 1;
 #ifdef _OPENMP
-    if (M * N * K >= 200000) nthreads = omp_get_max_threads();
+    if (M * N * K >= 200000) nthreads = gb_max_threads();
 #endif
     const size_t per_thread = ((size_t)(RB * K) + 15) / 16 * 16; /* 64 B multiples */
     float *bufs = aligned_alloc(64, (size_t)nthreads * per_thread * sizeof(float));
     if (!bufs) return -1;
+    const gb_stop_flag *stop = gb_stop_token();
 #ifdef _OPENMP
 #pragma omp parallel num_threads(nthreads)
 #endif
@@ -383,6 +397,7 @@ static int gemm_dot_blocks_avx2(float *C, int64_t ldc, const float *A, int64_t l
 #pragma omp for schedule(static)
 #endif
         for (int64_t blk = 0; blk < nblocks; blk++) {
+            if (gb_stop_requested(stop)) continue; /* interrupted: C is discarded */
             const int64_t n1 = blk * NB + NB < N ? blk * NB + NB : N;
             for (int64_t n0 = blk * NB; n0 < n1; n0 += RB) {
                 const int64_t r = n1 - n0 < RB ? n1 - n0 : RB;
@@ -438,7 +453,7 @@ __attribute__((unused)) static int gemm_blocked(const gb_gemm_kernel *kern, floa
     const int64_t KC = be > 1 ? (kern->kc >= be ? kern->kc / be * be : be) : kern->kc;
     int nthreads = 1;
 #ifdef _OPENMP
-    nthreads = omp_get_max_threads();
+    nthreads = gb_max_threads();
     if (M * N * K < 200000) nthreads = 1; /* not worth a fork/join */
 #endif
     const int64_t npanels = ceil_div(N, NR);
@@ -467,6 +482,7 @@ __attribute__((unused)) static int gemm_blocked(const gb_gemm_kernel *kern, floa
     const size_t per_thread = (bfl + afl + sfl + 15) / 16 * 16; /* keep 64 B alignment */
     float *bufs = aligned_alloc(64, (size_t)nthreads * per_thread * sizeof(float));
     if (!bufs) return -1;
+    const gb_stop_flag *stop = gb_stop_token();
 
 #ifdef _OPENMP
 #pragma omp parallel num_threads(nthreads)
@@ -488,6 +504,7 @@ __attribute__((unused)) static int gemm_blocked(const gb_gemm_kernel *kern, floa
 #pragma omp for schedule(static)
 #endif
             for (int64_t item = 0; item < nitems; item++) {
+                if (gb_stop_requested(stop)) continue; /* interrupted: C is discarded */
                 /* chunk-major: a thread's consecutive items share an A block */
                 const int64_t mc = item / npanels, j = item % npanels;
                 const int64_t m0 = mc * mchunk;

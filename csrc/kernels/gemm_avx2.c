@@ -135,8 +135,8 @@ void gb_gemm_panel_avx2(const float *Bp, int64_t ldb, int64_t kc, int64_t nr,
     }
 }
 
-/* Small-M "x @ W^T" with fp32 W [N, K] (generation: M <= 4 rows): no
- * packing; each output is a dot product along contiguous K, so W streams
+/* Small-M "x @ W^T" with fp32 W [N, K] (generation: M <= 4 rows; W need not be 4-byte
+ * aligned: unaligned vector loads, memcpy for the scalar tail): no packing; each output is a dot product along contiguous K, so W streams
  * once from memory row by row.  Columns [n0, n1) of C[M, N]:
  *   C[m, n] = (accumulate ? C[m, n] : 0) + dot(A[m, :], W[n, :]) + bias[n]
  * Two 8-wide partial sums per row, combined in a fixed order, so results
@@ -169,7 +169,11 @@ dot_rows(const int mr, float *C, int64_t ldc, const float *A, int64_t lda,
         for (int r = 0; r < 4; r++) {
             if (r < mr) {
                 float t = hsum(_mm256_add_ps(s[r][0], s[r][1]));
-                for (int64_t kk = k; kk < K; kk++) t += A[r * lda + kk] * w[kk];
+                for (int64_t kk = k; kk < K; kk++) {
+                    float wk; /* W may be an unaligned view of a file mapping */
+                    memcpy(&wk, (const char *)w + kk * (int64_t)sizeof wk, sizeof wk);
+                    t += A[r * lda + kk] * wk;
+                }
                 float out = accumulate ? C[r * ldc + n] + t : t;
                 C[r * ldc + n] = bias ? out + bias[n] : out;
             }

@@ -14,6 +14,7 @@
 #ifndef GLASSBOX_KERNELS_H
 #define GLASSBOX_KERNELS_H
 
+#include <stdatomic.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -41,6 +42,31 @@ int gb_isa_supported(gb_isa isa);
 /* Select an ISA at run time (tests). Returns 0 on success, -1 if unsupported. */
 int gb_isa_set(gb_isa isa);
 const char *gb_isa_forced_error(void);
+
+/* -------------------------------------------------------------- threads */
+/* Threads a kernel may use: omp_get_max_threads(), or 1 in a process forked after glassbox
+ * was imported (libgomp's pool cannot start threads in a forked child: a larger team would
+ * hang).  Every parallel region passes it (or a count derived from it) to num_threads(). */
+int gb_max_threads(void);
+/* 1 in a forked child (see gb_max_threads). */
+int gb_in_forked_child(void);
+
+/* ------------------------------------------------------------ stopping */
+/* Long kernels (GEMM, attention) poll a stop flag per block of work and skip the rest of
+ * their work once it is raised (their output is then garbage: the caller must discard it).
+ * The flag is only visible to calls made from a thread that armed it (gb_stop_arm(1)): a
+ * kernel takes gb_stop_token() once, in the calling thread, and its OpenMP workers poll
+ * through that pointer.  gb_stop_request() is async-signal-safe (the bridge's SIGINT
+ * handler calls it). */
+typedef atomic_int gb_stop_flag;
+const gb_stop_flag *gb_stop_token(void);
+static inline int gb_stop_requested(const gb_stop_flag *token) {
+    return atomic_load_explicit(token, memory_order_relaxed) != 0;
+}
+void gb_stop_arm(int on);
+void gb_stop_request(void);
+void gb_stop_clear(void);
+int gb_stop_pending(void);
 
 /* ----------------------------------------------------------------- GEMM */
 /* Weight storage types. Floating types work in both layouts; the GGUF block
@@ -165,13 +191,17 @@ void gb_rope(float *x, int64_t ldx, int64_t M, int64_t n_heads, int64_t d_head,
  * with the row maximum subtracted; a row with no visible key gets pattern 0
  * (TransformerLens turns its NaN rows into 0); z[b*P+i, h*d:] = pattern @ v.
  * Outputs scores / pattern are [B, H, P, K] and may be NULL (not wanted);
- * z is [B*P, ldz] and may be NULL (not wanted). */
+ * z is [B*P, ldz] and may be NULL (not wanted).
+ * kv_rows: rows of k / v from one sequence to the next (0 means K). A KV
+ * cache [B, capacity, G, d] is read in place with kv_rows = capacity; only
+ * its first K rows per sequence are touched. */
 typedef struct {
     int64_t B, P, K, H, G, d;
     int64_t ldq, ldk, ldv, ldz;
     float inv_scale;
     int64_t window;         /* <= 0: no sliding window */
     const int32_t *key_mask; /* [B, K] or NULL */
+    int64_t kv_rows;         /* k / v rows between sequences; 0: K */
 } gb_attn_shape;
 
 /* One call: scores, softmax, z; materialises scores/pattern only when the

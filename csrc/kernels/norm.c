@@ -48,10 +48,12 @@ static double sumsq_f64(const float *x, int64_t n) {
  * overwritten element by element. */
 void gb_norm_scale(float *centred, float *scale, const float *x, int64_t ldx,
                    int64_t M, int64_t D, float eps, int center) {
+    const gb_stop_flag *stop = gb_stop_token();
 #ifdef _OPENMP
-#pragma omp parallel for schedule(static) if (M * D >= GB_NORM_PAR_MIN)
+#pragma omp parallel for schedule(static) if (M * D >= GB_NORM_PAR_MIN) num_threads(gb_max_threads())
 #endif
     for (int64_t m = 0; m < M; m++) {
+        if (gb_stop_requested(stop)) continue; /* interrupted: the caller discards the result */
         const float *xr = x + m * ldx;
         float *cr = centred + m * D;
         if (center) {
@@ -71,10 +73,12 @@ void gb_norm_scale(float *centred, float *scale, const float *x, int64_t ldx,
  * x / scale does. out may alias centred. */
 void gb_norm_apply(float *out, const float *centred, const float *scale,
                    const float *w, const float *b, int64_t M, int64_t D) {
+    const gb_stop_flag *stop = gb_stop_token();
 #ifdef _OPENMP
-#pragma omp parallel for schedule(static) if (M * D >= GB_NORM_PAR_MIN)
+#pragma omp parallel for schedule(static) if (M * D >= GB_NORM_PAR_MIN) num_threads(gb_max_threads())
 #endif
     for (int64_t m = 0; m < M; m++) {
+        if (gb_stop_requested(stop)) continue; /* interrupted: the caller discards the result */
         const float *cr = centred + m * D;
         float *o = out + m * D;
         const float s = scale[m];

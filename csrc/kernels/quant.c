@@ -77,11 +77,14 @@ int64_t gb_dtype_block_bytes(int dtype) {
     }
 }
 
-/* -1 for an unknown dtype or an n that is not a whole number of blocks. */
+/* -1 for an unknown dtype, an n that is not a whole number of blocks, or a byte count that
+ * does not fit in int64. */
 int64_t gb_dtype_row_bytes(int dtype, int64_t n) {
     const int64_t be = gb_dtype_block_elems(dtype);
     if (be <= 0 || n < 0 || n % be != 0) return -1;
-    return n / be * gb_dtype_block_bytes(dtype);
+    int64_t bytes;
+    if (__builtin_mul_overflow(n / be, gb_dtype_block_bytes(dtype), &bytes)) return -1;
+    return bytes;
 }
 
 /* ------------------------------------------------------ scalar decoders */
@@ -252,7 +255,7 @@ void gb_embed_rows(float *out, const void *table, int dtype, const int64_t *toke
     const gb_isa isa = gb_isa_current();
     const uint8_t *t = (const uint8_t *)table;
 #ifdef _OPENMP
-#pragma omp parallel for schedule(static) if (M * D >= 65536)
+#pragma omp parallel for schedule(static) if (M * D >= 65536) num_threads(gb_max_threads())
 #endif
     for (int64_t m = 0; m < M; m++)
         gb_dequantize_row_isa(isa, out + m * D, t + tokens[m] * rb, dtype, D);

@@ -16,6 +16,8 @@ from typing import Any, Dict, List, Optional, Union
 
 import numpy as np
 
+from glassbox.config.validation import InvalidConfigError, as_int, check_config_fields
+
 SUPPORTED_ACTIVATIONS = [
     "relu",
     "gelu",
@@ -29,6 +31,16 @@ SUPPORTED_ACTIVATIONS = [
 ]
 
 
+_INT_FIELDS = ("d_model", "d_head", "n_layers", "n_ctx", "n_heads", "d_mlp", "d_vocab", "d_vocab_out",
+               "n_key_value_heads", "rotary_dim", "window_size")
+
+
+def _require(condition: bool, message: str) -> None:
+    """TransformerLens asserts these; ours survive ``python -O`` and are also ValueErrors."""
+    if not condition:
+        raise InvalidConfigError(message)
+
+
 @dataclass
 class HookedTransformerConfig:
     """Configuration of a HookedTransformer (see TransformerLens for field meanings).
@@ -37,6 +49,12 @@ class HookedTransformerConfig:
     ``__post_init__``: ``n_heads`` (d_model // d_head if -1), ``d_mlp`` (4·d_model),
     ``d_vocab_out`` (= d_vocab), ``rotary_dim`` (= d_head for rotary), ``attn_scale``
     (sqrt(d_head)), ``initializer_range`` (0.8/sqrt(d_model) for gpt2 init), ``n_params``.
+
+    Invalid values raise :class:`~glassbox.config.validation.InvalidConfigError` (a
+    ``ValueError``, and an ``AssertionError`` where TransformerLens asserts) naming the field and
+    the value: sizes that are not positive integers, ``n_heads`` not a multiple of
+    ``n_key_value_heads``, an odd ``rotary_dim`` or one larger than ``d_head``, ...
+    (:func:`~glassbox.config.validation.check_config_fields`).
     """
 
     d_model: int
@@ -76,6 +94,9 @@ class HookedTransformerConfig:
     use_local_attn: bool = False
     ungroup_grouped_query_attention: bool = False
     original_architecture: Optional[str] = None
+    #: glassbox: how the weights are stored, e.g. ``"float32"``, ``"bfloat16"``, ``"Q4_1+Q8_0+float32"``
+    #: (set by ``from_pretrained``; ``dtype`` is the compute dtype, always float32 here)
+    weight_dtype: Optional[str] = None
     from_checkpoint: bool = False
     checkpoint_index: Optional[int] = None
     checkpoint_label_type: Optional[str] = None
@@ -128,10 +149,14 @@ class HookedTransformerConfig:
     norm_topk_prob: bool = False
 
     def __post_init__(self) -> None:
+        d_model = as_int(self.d_model, "HookedTransformerConfig: d_model")
+        d_head = as_int(self.d_head, "HookedTransformerConfig: d_head")
         if self.n_heads == -1:
-            if self.d_model % self.d_head != 0:
-                raise ValueError(f"d_model ({self.d_model}) must be divisible by d_head ({self.d_head})")
-            self.n_heads = self.d_model // self.d_head
+            if d_model % d_head != 0:
+                raise InvalidConfigError(
+                    f"HookedTransformerConfig: d_model ({d_model}) must be divisible by d_head "
+                    f"({d_head}) when n_heads is not given")
+            self.n_heads = d_model // d_head
         if self.device is None:
             self.device = "cpu"
         if self.d_mlp is None:
@@ -142,11 +167,12 @@ class HookedTransformerConfig:
         if self.seed is not None:
             self.set_seed_everywhere(self.seed)
         if self.use_local_attn:
-            assert self.window_size is not None, "window_size must be specified for local attention"
-            assert self.attn_types is not None, "attn_types must be specified for local attention"
+            _require(self.window_size is not None, "window_size must be specified for local attention")
+            _require(self.attn_types is not None, "attn_types must be specified for local attention")
         if not self.attn_only:
-            assert self.act_fn is not None, "act_fn must be specified for non-attn-only models"
-            assert self.act_fn in SUPPORTED_ACTIVATIONS, f"act_fn={self.act_fn} must be one of {SUPPORTED_ACTIVATIONS}"
+            _require(self.act_fn is not None, "act_fn must be specified for non-attn-only models")
+            _require(self.act_fn in SUPPORTED_ACTIVATIONS,
+                     f"act_fn={self.act_fn} must be one of {SUPPORTED_ACTIVATIONS}")
         if self.initializer_range < 0:
             self.initializer_range = 0.8 / np.sqrt(self.d_model) if self.init_mode == "gpt2" else 1.0
         if self.d_vocab_out == -1:
@@ -154,9 +180,14 @@ class HookedTransformerConfig:
         if self.positional_embedding_type == "rotary" and self.rotary_dim is None:
             self.rotary_dim = self.d_head
         if self.num_experts is not None:
-            assert self.experts_per_token is not None, "experts_per_token must be set if num_experts is set"
+            _require(self.experts_per_token is not None, "experts_per_token must be set if num_experts is set")
         if self.experts_per_token is not None:
-            assert self.num_experts is not None, "num_experts must be set if experts_per_token is set"
+            _require(self.num_experts is not None, "num_experts must be set if experts_per_token is set")
+        check_config_fields(self)
+        for name in _INT_FIELDS:  # checked integral above: plain ints from here on (4096.0, np.int64)
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, bool) and type(value) is not int:
+                setattr(self, name, int(value))
         self.n_params = self.n_layers * (self.d_model * self.d_head * self.n_heads * 4)
         if not self.attn_only:
             per_layer = self.d_model * self.d_mlp * (2 + int(self.gated_mlp))
@@ -165,9 +196,11 @@ class HookedTransformerConfig:
             self.n_params += self.n_layers * per_layer
         if self.use_attn_scale and self.attn_scale == -1.0:
             self.attn_scale = float(np.sqrt(self.d_head))
-        assert self.default_prepend_bos in (True, False), (
-            f"default_prepend_bos must be either True or False, but {self.default_prepend_bos} is given"
-        )
+        for name, value in list(self.__dict__.items()):  # plain Python values in reprs and dumps
+            if isinstance(value, np.generic):
+                setattr(self, name, value.item())
+        _require(self.default_prepend_bos in (True, False),
+                 f"default_prepend_bos must be either True or False, but {self.default_prepend_bos} is given")
 
     @classmethod
     def unwrap(cls, config: Union[Dict, "HookedTransformerConfig"]) -> "HookedTransformerConfig":
@@ -188,6 +221,11 @@ class HookedTransformerConfig:
 
     def __repr__(self) -> str:
         return "HookedTransformerConfig:\n" + pprint.pformat(self.to_dict())
+
+    def _repr_html_(self) -> str:
+        from glassbox.display import config_html
+
+        return config_html(self)
 
     def set_seed_everywhere(self, seed: int) -> None:
         random.seed(seed)

@@ -26,6 +26,7 @@ from typing import Any, Dict
 
 import numpy as np
 
+from ..config.validation import FieldReader
 from .source import TensorSource
 
 __all__ = ["ARCHITECTURES", "convert_config", "convert_weights"]
@@ -44,36 +45,41 @@ _ACTIVATIONS = {
 }
 
 
-def convert_config(hf: Dict[str, Any]) -> Dict[str, Any]:
-    """HF GPT-2 ``config.json`` -> ``HookedTransformerConfig`` fields (TL's GPT-2 branch)."""
-    D = int(hf["n_embd"])
-    H = int(hf["n_head"])
+def convert_config(hf: Dict[str, Any], where: str = "config.json") -> Dict[str, Any]:
+    """HF GPT-2 ``config.json`` -> ``HookedTransformerConfig`` fields (TL's GPT-2 branch).
+
+    Every field is type- and range-checked: a missing, null or invalid value is a ``ValueError``
+    naming ``where``, the field and the value."""
+    r = FieldReader(hf, where)
+    D = r.int("n_embd")
+    H = r.int("n_head")
     if D % H:
-        raise ValueError(f"config.json: n_embd={D} is not divisible by n_head={H}")
-    act = hf.get("activation_function", "gelu_new")
+        raise r.fail(f"n_embd={D} is not divisible by n_head={H}")
+    act = r.str("activation_function", "gelu_new")
     if act not in _ACTIVATIONS:
-        raise ValueError(f"config.json: activation_function {act!r} is not supported "
-                         f"(supported: {', '.join(sorted(_ACTIVATIONS))})")
-    n_inner = hf.get("n_inner")
+        raise r.fail(f"activation_function {act!r} is not supported "
+                     f"(supported: {', '.join(sorted(_ACTIVATIONS))})")
+    n_inner = r.int("n_inner", None, minimum=0)  # 0 or null: 4 * n_embd, as before
+    n_ctx = r.int("n_ctx", None) or r.int("n_positions")
     return {
         "d_model": D,
         "d_head": D // H,
         "n_heads": H,
-        "d_mlp": int(n_inner) if n_inner else 4 * D,
-        "n_layers": int(hf["n_layer"]),
-        "n_ctx": int(hf.get("n_ctx") or hf["n_positions"]),
-        "eps": float(hf.get("layer_norm_epsilon", 1e-5)),
-        "d_vocab": int(hf["vocab_size"]),
+        "d_mlp": n_inner if n_inner else 4 * D,
+        "n_layers": r.int("n_layer", minimum=0),
+        "n_ctx": n_ctx,
+        "eps": r.float("layer_norm_epsilon", 1e-5, minimum=0.0),
+        "d_vocab": r.int("vocab_size"),
         "act_fn": _ACTIVATIONS[act],
-        "use_attn_scale": bool(hf.get("scale_attn_weights", True)),
+        "use_attn_scale": r.bool("scale_attn_weights", True),
         "use_local_attn": False,
-        "scale_attn_by_inverse_layer_idx": bool(hf.get("scale_attn_by_inverse_layer_idx", False)),
+        "scale_attn_by_inverse_layer_idx": r.bool("scale_attn_by_inverse_layer_idx", False),
         "normalization_type": "LN",
         "positional_embedding_type": "standard",
         "n_key_value_heads": None,
         "gated_mlp": False,
         "final_rms": False,
-        "tie_word_embeddings": bool(hf.get("tie_word_embeddings", True)),
+        "tie_word_embeddings": r.bool("tie_word_embeddings", True),
     }
 
 

@@ -38,6 +38,7 @@ from typing import Any, Dict, Optional
 
 import numpy as np
 
+from ..config.validation import FieldReader
 from .source import TensorSource
 from .stored import StoredMatrix
 
@@ -76,43 +77,53 @@ def _rope(hf: Dict[str, Any]) -> Dict[str, Any]:
     return params
 
 
-def convert_config(hf: Dict[str, Any]) -> Dict[str, Any]:
-    """HF config.json -> ``HookedTransformerConfig`` fields, following TL's per-architecture branches."""
+def convert_config(hf: Dict[str, Any], where: str = "config.json") -> Dict[str, Any]:
+    """HF config.json -> ``HookedTransformerConfig`` fields, following TL's per-architecture branches.
+
+    Every field is type- and range-checked: a missing, null or invalid value is a ``ValueError``
+    naming ``where``, the field and the value."""
+    r = FieldReader(hf, where)
     arch = (hf.get("architectures") or ["LlamaForCausalLM"])[0]
-    D = int(hf["hidden_size"])
-    H = int(hf["num_attention_heads"])
-    G = int(hf.get("num_key_value_heads") or H)
+    D = r.int("hidden_size")
+    H = r.int("num_attention_heads")
+    G = r.int("num_key_value_heads", H)
     if H % G:
-        raise ValueError(f"config.json: num_attention_heads={H} is not a multiple of num_key_value_heads={G}")
-    head_dim = hf.get("head_dim")
-    d = int(head_dim) if head_dim else D // H
+        raise r.fail(f"num_attention_heads={H} is not a multiple of num_key_value_heads={G}")
+    head_dim = r.int("head_dim", None, minimum=0)  # 0 or null: derived, as before
+    d = head_dim if head_dim else D // H
     if not head_dim and D % H:
-        raise ValueError(f"config.json: hidden_size={D} is not divisible by num_attention_heads={H}")
-    L = int(hf["num_hidden_layers"])
-    act = hf.get("hidden_act", "silu")
+        raise r.fail(f"hidden_size={D} is not divisible by num_attention_heads={H}")
+    L = r.int("num_hidden_layers", minimum=0)
+    act = r.str("hidden_act", "silu")
     if act not in _ACTIVATIONS:
-        raise ValueError(f"config.json: hidden_act {act!r} is not supported "
-                         f"(supported: {', '.join(sorted(_ACTIVATIONS))})")
+        raise r.fail(f"hidden_act {act!r} is not supported "
+                     f"(supported: {', '.join(sorted(_ACTIVATIONS))})")
     if hf.get("mlp_bias"):
-        raise ValueError("config.json: mlp_bias=True is not supported (TransformerLens's gated MLP has "
-                         "no gate bias)")
-    partial = float(hf.get("partial_rotary_factor") or 1.0)
+        raise r.fail("mlp_bias=True is not supported (TransformerLens's gated MLP has "
+                     "no gate bias)")
+    partial = r.float("partial_rotary_factor", 1.0, positive=True)
+    if partial > 1.0:
+        raise r.fail(f"partial_rotary_factor={partial} must be in (0, 1]")
+    rotary_dim = int(d * partial + 1e-9)  # HF's int(); the epsilon absorbs float rounding (24/64*64)
+    if rotary_dim < 2 or rotary_dim % 2:
+        raise r.fail(f"partial_rotary_factor={partial} x head_dim={d} gives rotary_dim={rotary_dim}, "
+                     f"which must be even and at least 2")
 
     cfg: Dict[str, Any] = {
         "d_model": D,
         "d_head": d,
         "n_heads": H,
-        "d_mlp": int(hf["intermediate_size"]),
+        "d_mlp": r.int("intermediate_size"),
         "n_layers": L,
-        "n_ctx": int(hf.get("max_position_embeddings") or 2048),
-        "eps": float(hf.get("rms_norm_eps", 1e-6)),
-        "d_vocab": int(hf["vocab_size"]),
+        "n_ctx": r.int("max_position_embeddings", 2048),
+        "eps": r.float("rms_norm_eps", 1e-6, minimum=0.0),
+        "d_vocab": r.int("vocab_size"),
         "act_fn": _ACTIVATIONS[act],
         "n_key_value_heads": G if G != H else None,
         "normalization_type": "RMS",
         "positional_embedding_type": "rotary",
         "rotary_adjacent_pairs": False,
-        "rotary_dim": int(d * partial),
+        "rotary_dim": rotary_dim,
         "final_rms": True,
         "gated_mlp": True,
         "use_attn_scale": True,
@@ -120,42 +131,47 @@ def convert_config(hf: Dict[str, Any]) -> Dict[str, Any]:
         "window_size": None,
         "attn_types": None,
         "scale_attn_by_inverse_layer_idx": False,
-        "tie_word_embeddings": bool(hf.get("tie_word_embeddings", False)),
+        "tie_word_embeddings": r.bool("tie_word_embeddings", False),
         "rotary_scaling_factor": 1.0,
         **_NTK_DEFAULTS,
     }
 
     rope = _rope(hf)
-    cfg["rotary_base"] = float(rope["rope_theta"])
+    rr = FieldReader(rope, f"{where} (rope settings)")
+    cfg["rotary_base"] = rr.float("rope_theta", 10000.0, positive=True)
     rt = rope["rope_type"]
     if rt == "llama3":
         cfg["use_NTK_by_parts_rope"] = True
-        cfg["NTK_original_ctx_len"] = int(rope.get("original_max_position_embeddings")
-                                          or hf.get("max_position_embeddings") or 8192)
-        cfg["NTK_by_parts_low_freq_factor"] = float(rope.get("low_freq_factor", 1.0))
-        cfg["NTK_by_parts_high_freq_factor"] = float(rope.get("high_freq_factor", 4.0))
-        cfg["NTK_by_parts_factor"] = float(rope.get("factor", 1.0))
+        cfg["NTK_original_ctx_len"] = (rr.int("original_max_position_embeddings", None)
+                                       or r.int("max_position_embeddings", 8192))
+        low = rr.float("low_freq_factor", 1.0, positive=True)
+        high = rr.float("high_freq_factor", 4.0, positive=True)
+        if not high > low:
+            raise rr.fail(f"llama3 rope scaling needs high_freq_factor > low_freq_factor, got "
+                          f"{high} and {low}")
+        cfg["NTK_by_parts_low_freq_factor"] = low
+        cfg["NTK_by_parts_high_freq_factor"] = high
+        cfg["NTK_by_parts_factor"] = rr.float("factor", 1.0, positive=True)
     elif rt == "linear":
-        cfg["rotary_scaling_factor"] = float(rope.get("factor", 1.0))
+        cfg["rotary_scaling_factor"] = rr.float("factor", 1.0, positive=True)
     elif rt != "default":
-        raise ValueError(f"config.json: rope scaling type {rt!r} is not supported "
-                         f"(supported: default, linear, llama3)")
+        raise r.fail(f"rope scaling type {rt!r} is not supported (supported: default, linear, llama3)")
 
     if arch == "MistralForCausalLM":
         cfg["n_ctx"] = 2048  # TL caps Mistral's context "due to memory issues"
         cfg["final_rms"] = False  # as TL's Mistral branch (no effect on an RMS model)
-        window = hf.get("sliding_window")
+        window = r.int("sliding_window", None)
         if window:
-            cfg["window_size"] = int(window)
+            cfg["window_size"] = window
             cfg["use_local_attn"] = True
             cfg["attn_types"] = ["local"] * L
     elif arch == "Qwen2ForCausalLM":
         if hf.get("use_sliding_window"):
-            raise ValueError("config.json: Qwen2 use_sliding_window=True (per-layer windows) is not supported")
+            raise r.fail("Qwen2 use_sliding_window=True (per-layer windows) is not supported")
         cfg["default_prepend_bos"] = False
         cfg["tokenizer_prepends_bos"] = True
         if hf.get("initializer_range") is not None:
-            cfg["initializer_range"] = float(hf["initializer_range"])
+            cfg["initializer_range"] = r.float("initializer_range", positive=True)
     return cfg
 
 

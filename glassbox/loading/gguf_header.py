@@ -9,7 +9,8 @@ Layout (little-endian, GGUF v2/v3): ``b"GGUF"``, u32 version, u64 tensor count, 
 count; metadata entries (string key, u32 value type, value); tensor infos (string name, u32
 n_dims, u64 ne[n_dims] innermost first, u32 ggml type, u64 offset into the data section); the
 data section starts at the next multiple of ``general.alignment`` (default 32).
-Every malformed or truncated header is a ``ValueError`` naming the file.
+Every malformed or truncated header is a ``ValueError`` naming the file (see :func:`read_gguf`
+for what is checked).
 """
 from __future__ import annotations
 
@@ -40,12 +41,23 @@ class GGUFTensorInfo:
     data: np.ndarray
 
 
+_INT64_MAX = 2**63 - 1
+_MAX_DIMS = 4  # GGML_MAX_DIMS: llama.cpp refuses tensors with more dimensions
+_MAX_NESTING = 8  # arrays of arrays (llama.cpp reads none; the gguf package a few levels)
+# the fewest bytes one array element of each value type can take (a string: its u64 length;
+# an array: u32 type + u64 count)
+_MIN_ITEM = {8: 8, 9: 12}
+
+
 class _Cursor:
     def __init__(self, buf: memoryview, path: str):
         self.buf, self.pos, self.path = buf, 0, path
 
     def fail(self, what: str) -> ValueError:
         return ValueError(f"{self.path}: corrupt or truncated GGUF file ({what} at byte {self.pos})")
+
+    def left(self) -> int:
+        return len(self.buf) - self.pos
 
     def unpack(self, fmt: str) -> Any:
         size = struct.calcsize(fmt)
@@ -55,10 +67,10 @@ class _Cursor:
         self.pos += size
         return value
 
-    def string(self) -> str:
+    def string(self, what: str = "string") -> str:
         n = self.unpack("<Q")
-        if n > len(self.buf) - self.pos:
-            raise self.fail(f"string length {n} past the end of the file")
+        if n > self.left():
+            raise self.fail(f"{what} length {n} runs past the end of the file ({self.left()} bytes left)")
         raw = bytes(self.buf[self.pos:self.pos + n])
         self.pos += n
         try:
@@ -66,25 +78,31 @@ class _Cursor:
         except UnicodeDecodeError:
             return raw.decode("utf-8", errors="replace")
 
-    def value(self, vtype: int) -> Any:
+    def value(self, vtype: int, key: str, depth: int = 0) -> Any:
         if vtype in _SCALARS:
             return self.unpack(_SCALARS[vtype])
         if vtype == _STRING:
-            return self.string()
+            return self.string(f"metadata {key!r}: string")
         if vtype == _ARRAY:
+            if depth >= _MAX_NESTING:
+                raise self.fail(f"metadata {key!r}: arrays nested more than {_MAX_NESTING} deep")
             etype, n = self.unpack("<I"), self.unpack("<Q")
-            if n > len(self.buf) - self.pos:  # every element takes at least one byte
-                raise self.fail(f"array of {n} items past the end of the file")
+            if etype in _SCALARS:
+                size = struct.calcsize(_SCALARS[etype])
+            elif etype in _MIN_ITEM:
+                size = _MIN_ITEM[etype]
+            else:
+                raise self.fail(f"metadata {key!r}: array of unknown value type {etype}")
+            # checked before anything is allocated: a count the file cannot hold is corrupt
+            if n > self.left() // size:
+                raise self.fail(f"metadata {key!r}: array of {n} items of type {etype} needs at "
+                                f"least {n * size} bytes, only {self.left()} are left in the file")
             if etype in _SCALARS and etype != 7:
-                fmt = _SCALARS[etype]
-                size = struct.calcsize(fmt)
-                if self.pos + n * size > len(self.buf):
-                    raise self.fail("array past the end of the file")
-                arr = np.frombuffer(self.buf, dtype=np.dtype(fmt), count=n, offset=self.pos)
+                arr = np.frombuffer(self.buf, dtype=np.dtype(_SCALARS[etype]), count=n, offset=self.pos)
                 self.pos += n * size
                 return arr.tolist()
-            return [self.value(etype) for _ in range(n)]
-        raise self.fail(f"unknown metadata value type {vtype}")
+            return [self.value(etype, key, depth + 1) for _ in range(n)]
+        raise self.fail(f"metadata {key!r} has unknown value type {vtype}")
 
 
 def _type_tables() -> Tuple[Dict[int, str], Dict[int, Tuple[int, int]]]:
@@ -100,14 +118,25 @@ def read_gguf(path: str) -> Tuple[Dict[str, Any], List[GGUFTensorInfo], int]:
     """``(metadata, tensors, data_start)`` of the GGUF file at ``path`` (``data_start``: byte
     offset of the tensor data section, i.e. the end of the header).
 
-    The file is mapped copy-on-write: writes to tensor views never reach the file.
+    The file is mapped copy-on-write (:func:`glassbox.loading.mapped.map_file`): writes to
+    tensor views never reach the file, and the mapping remembers the file's state so that a
+    model can refuse to run once the file has changed.
+
+    Validated before anything is allocated, as llama.cpp's reader requires (every failure is a
+    ``ValueError`` naming the file, the key or tensor, and the problem): counts, string and
+    array lengths that the file is too small to hold; repeated metadata keys and tensor names;
+    more than 4 dimensions, dimensions or element counts beyond int64; unknown tensor types;
+    rows (``ne[0]``) that are not a whole number of quantisation blocks; ``general.alignment``
+    not a power of two; tensor offsets not aligned to it, running past the end of the file or
+    overlapping another tensor.
     """
+    from .mapped import map_file
+
     size = os.path.getsize(path)
     if size < 24:
         raise ValueError(f"{path}: corrupt or truncated GGUF file ({size} bytes)")
-    # plain ndarray views of the mapping (slices of an np.memmap would stay np.memmap,
-    # and copies made from them by fancy indexing would not own their data)
-    mapped = np.memmap(path, dtype=np.uint8, mode="c").view(np.ndarray)
+    mapped = map_file(path)
+    size = mapped.size
     cur = _Cursor(memoryview(mapped), path)
     if bytes(cur.buf[:4]) != b"GGUF":
         raise ValueError(f"{path}: not a GGUF file (magic {bytes(cur.buf[:4])!r}, expected b'GGUF')")
@@ -118,35 +147,65 @@ def read_gguf(path: str) -> Tuple[Dict[str, Any], List[GGUFTensorInfo], int]:
             raise ValueError(f"{path}: big-endian GGUF files are not supported")
         raise ValueError(f"{path}: unsupported GGUF version {version} (expected 2 or 3)")
     n_tensors, n_kv = cur.unpack("<Q"), cur.unpack("<Q")
-    if n_tensors > size or n_kv > size:
-        raise cur.fail(f"implausible counts ({n_tensors} tensors, {n_kv} metadata entries)")
+    # a metadata entry takes >= 13 bytes (key length, type, one byte of value), a tensor info
+    # >= 24 (name length, n_dims, type, offset)
+    if n_kv > cur.left() // 13 or n_tensors > cur.left() // 24 or 13 * n_kv + 24 * n_tensors > cur.left():
+        raise cur.fail(f"implausible counts ({n_tensors} tensors, {n_kv} metadata entries) for a "
+                       f"file of {size} bytes")
     metadata: Dict[str, Any] = {}
     for _ in range(n_kv):
-        key = cur.string()
-        metadata[key] = cur.value(cur.unpack("<I"))
+        key = cur.string("metadata key")
+        if key in metadata:
+            raise cur.fail(f"metadata key {key!r} appears twice")
+        metadata[key] = cur.value(cur.unpack("<I"), key)
     names, sizes = _type_tables()
     infos = []
+    seen = set()
     for _ in range(n_tensors):
-        name = cur.string()
+        name = cur.string("tensor name")
+        if name in seen:
+            raise cur.fail(f"tensor name {name!r} appears twice")
+        seen.add(name)
         n_dims = cur.unpack("<I")
-        if n_dims > 8:
-            raise cur.fail(f"tensor {name!r} has {n_dims} dimensions")
+        if n_dims > _MAX_DIMS:
+            raise cur.fail(f"tensor {name!r} has {n_dims} dimensions (at most {_MAX_DIMS})")
         ne = tuple(cur.unpack("<Q") for _ in range(n_dims))
         infos.append((name, ne, cur.unpack("<I"), cur.unpack("<Q")))
     align = metadata.get("general.alignment", 32)
-    if not isinstance(align, int) or align <= 0 or align & (align - 1):
+    if not isinstance(align, int) or isinstance(align, bool) or align <= 0 or align & (align - 1):
         raise cur.fail(f"general.alignment {align!r} is not a power of two")
     data_start = (cur.pos + align - 1) // align * align
     tensors = []
+    spans = []
     for name, ne, type_id, offset in infos:
-        type_name = names.get(type_id, f"unknown type {type_id}")
-        n_el = int(np.prod(ne, dtype=np.int64)) if ne else 1
-        block, nbytes = sizes.get(type_id, (1, 0))
-        n_bytes = n_el // block * nbytes if block else 0
+        where = f"{path}: corrupt GGUF file: tensor {name!r}"
+        if type_id not in names or type_id not in sizes:
+            raise ValueError(f"{where} has unknown ggml type {type_id}")
+        type_name = names[type_id]
+        n_el = 1
+        for x in ne:
+            n_el *= x
+        if any(x > _INT64_MAX for x in ne) or n_el > _INT64_MAX:
+            raise ValueError(f"{where} has dimensions {list(ne)} whose element count overflows int64")
+        block, type_size = sizes[type_id]
+        if ne and ne[0] % block:
+            raise ValueError(f"{where} has type {type_name}, whose rows are blocks of {block} "
+                             f"elements, but its rows (ne[0]) have {ne[0]} elements")
+        n_bytes = n_el // block * type_size
+        if offset % align:
+            raise ValueError(f"{where} has data offset {offset}, not a multiple of "
+                             f"general.alignment={align}")
         start = data_start + offset
-        if start > size or start + n_bytes > size:
-            data = mapped[0:0]
-        else:
-            data = mapped[start:start + n_bytes]
+        if start + n_bytes > size:
+            raise ValueError(f"{where} ({type_name}, dimensions {list(ne)}: {n_bytes} bytes at "
+                             f"byte {start}) runs past the end of the file ({size} bytes): the "
+                             f"file is truncated or its header is corrupt")
+        spans.append((start, start + n_bytes, name))
+        data = mapped[start:start + n_bytes]
         tensors.append(GGUFTensorInfo(name, ne, type_id, type_name, start, n_bytes, n_el, data))
+    spans.sort()
+    for (b0, e0, n0), (b1, e1, n1) in zip(spans, spans[1:]):
+        if b1 < e0:
+            raise ValueError(f"{path}: corrupt GGUF file: tensor {n1!r} (bytes [{b1}, {e1})) "
+                             f"overlaps tensor {n0!r} (bytes [{b0}, {e0}))")
     return metadata, tensors, data_start

@@ -44,6 +44,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 
+from ..config.validation import FieldReader
 from .stored import BLOCK_DTYPES, FLOAT_DTYPES, StoredMatrix, row_bytes
 
 __all__ = [
@@ -143,9 +144,13 @@ class GGUFModelFile:
     def _rows(self, t: Any, rows: int, cols: int) -> Tuple[np.ndarray, str]:
         name, dtype = t.name, t.type_name
         raw = t.data
-        if raw.nbytes != rows * row_bytes(dtype, cols):
+        try:
+            want = rows * row_bytes(dtype, cols)
+        except ValueError as exc:
+            raise ValueError(f"{self.path}: tensor {name!r} ({dtype}, rows of {cols} elements): {exc}") from None
+        if raw.nbytes != want:
             raise ValueError(f"{self.path}: tensor {name!r} holds {raw.nbytes} bytes, expected "
-                             f"{rows * row_bytes(dtype, cols)} for {dtype} {shape}")
+                             f"{want} for {dtype} [{rows}, {cols}]")
         if dtype == "F32":
             return raw.view("<f4").reshape(rows, cols), dtype
         if dtype == "F16":
@@ -157,11 +162,15 @@ class GGUFModelFile:
     def vector(self, name: str, shape: Tuple[int, ...]) -> np.ndarray:
         """The tensor ``name`` as a new float32 array of ``shape`` (norm weights, biases, W_pos)."""
         t = self._tensor(name)
-        n = int(np.prod(shape))
+        n = 1
+        for s in shape:
+            n *= int(s)
         if t.n_elements != n:
             raise ValueError(f"{self.path}: tensor {name!r} has shape {self.dims(name)} but the GGUF "
                              f"metadata implies {tuple(shape)}")
-        cols = int(t.ne[0])  # ne[0]: the innermost dimension
+        cols = int(t.ne[0]) if t.ne else 1  # ne[0]: the innermost dimension
+        if n == 0:
+            return np.zeros(shape, dtype=np.float32)
         storage, dtype = self._rows(t, n // cols, cols)
         return _dequantize(storage, dtype, n // cols, cols).reshape(shape)
 
@@ -232,47 +241,75 @@ def gguf_hf_config(f: GGUFModelFile) -> Dict[str, Any]:
     if arch not in GGUF_ARCHITECTURES:
         raise ValueError(f"{f.path}: GGUF architecture {arch!r} is not supported by glassbox; "
                          f"supported: {', '.join(sorted(GGUF_ARCHITECTURES))}")
+    # every metadata value checked (type, range) before it sizes anything: a bad value is a
+    # ValueError naming the file and the key
+    r = FieldReader(f.fields, f.path, prefix=f"{arch}.")
     k = lambda name: f"{arch}.{name}"  # noqa: E731
     if not f.has("token_embd.weight"):
         raise ValueError(f"{f.path}: tensor 'token_embd.weight' is missing from the GGUF file")
-    V, D_emb = f.dims("token_embd.weight")
-    D = int(f.require(k("embedding_length")))
+    dims = f.dims("token_embd.weight")
+    if len(dims) != 2:
+        raise ValueError(f"{f.path}: tensor 'token_embd.weight' has dimensions {dims}, expected "
+                         f"(vocab, embedding_length)")
+    V, D_emb = dims
+    D = r.int("embedding_length")
     if D_emb != D:
         raise ValueError(f"{f.path}: token_embd.weight has {D_emb} columns but {k('embedding_length')}={D}")
-    H = int(f.require(k("attention.head_count")))
-    L = int(f.require(k("block_count")))
-    M = int(f.require(k("feed_forward_length")))
-    n_ctx = f.get(k("context_length"))
+    H = r.int("attention.head_count")
+    L = r.int("block_count", minimum=0)
+    n_blocks = len({n.split(".", 2)[1] for n in f.tensors if n.startswith("blk.") and n.count(".") >= 2})
+    if L > n_blocks:
+        raise ValueError(f"{f.path}: {k('block_count')}={L} but the file holds tensors for "
+                         f"{n_blocks} blocks")
+    M = r.int("feed_forward_length")
+    n_ctx = r.int("context_length", None)
     tied = not f.has("output.weight")
     name = f.get("general.name")
     if arch == "gpt2":
+        if D % H:
+            raise r.fail(f"{k('embedding_length')}={D} is not divisible by {k('attention.head_count')}={H}")
         n_pos = f.dims("position_embd.weight")[0] if f.has("position_embd.weight") else n_ctx
+        if n_pos is None:
+            raise ValueError(f"{f.path}: gpt2 GGUF file has neither 'position_embd.weight' nor "
+                             f"{k('context_length')}")
         return {
             "architectures": ["GPT2LMHeadModel"], "model_type": "gpt2",
             "n_embd": D, "n_head": H, "n_layer": L, "n_inner": M,
             "n_ctx": int(n_ctx or n_pos), "n_positions": int(n_pos or n_ctx),
-            "layer_norm_epsilon": float(f.get(k("attention.layer_norm_epsilon"), 1e-5)),
+            "layer_norm_epsilon": r.float("attention.layer_norm_epsilon", 1e-5, minimum=0.0),
             "vocab_size": V, "activation_function": "gelu_new", "tie_word_embeddings": tied,
             "_name_or_path": name,
         }
-    G = int(f.get(k("attention.head_count_kv"), H) or H)
-    d = int(f.get(k("attention.key_length"), 0) or D // H)
-    rot = int(f.get(k("rope.dimension_count"), d) or d)
-    base = float(f.get(k("rope.freq_base"), 10000.0))
+    G = r.int("attention.head_count_kv", H)
+    if H % G:
+        raise r.fail(f"{k('attention.head_count')}={H} is not a multiple of "
+                     f"{k('attention.head_count_kv')}={G}")
+    if not r.has("attention.key_length") and D % H:
+        raise r.fail(f"{k('embedding_length')}={D} is not divisible by {k('attention.head_count')}={H} "
+                     f"(and {k('attention.key_length')} is not given)")
+    d = r.int("attention.key_length", D // H)
+    d_v = r.int("attention.value_length", d)
+    if d_v != d:
+        raise r.fail(f"{k('attention.value_length')}={d_v} differs from {k('attention.key_length')}={d}: "
+                     f"glassbox needs equal query/key and value head sizes")
+    rot = r.int("rope.dimension_count", d, minimum=2, maximum=d)
+    if rot % 2:
+        raise r.fail(f"{k('rope.dimension_count')}={rot} must be even (RoPE rotates pairs)")
+    base = r.float("rope.freq_base", 10000.0, positive=True)
     hf: Dict[str, Any] = {
         "architectures": ["LlamaForCausalLM"], "model_type": "llama",
         "hidden_size": D, "num_attention_heads": H, "num_key_value_heads": G, "head_dim": d,
         "num_hidden_layers": L, "intermediate_size": M,
         "max_position_embeddings": int(n_ctx or 2048),
-        "rms_norm_eps": float(f.get(k("attention.layer_norm_rms_epsilon"), 1e-6)),
+        "rms_norm_eps": r.float("attention.layer_norm_rms_epsilon", 1e-6, minimum=0.0),
         "vocab_size": V, "hidden_act": "silu", "rope_theta": base,
         "tie_word_embeddings": tied, "_name_or_path": name,
     }
     if rot != d:
         hf["partial_rotary_factor"] = rot / d
-    scaling = str(f.get(k("rope.scaling.type"), "none") or "none").lower()
+    scaling = str(r.str("rope.scaling.type", "none") or "none").lower()
     if scaling == "linear":
-        hf["rope_scaling"] = {"rope_type": "linear", "factor": float(f.require(k("rope.scaling.factor")))}
+        hf["rope_scaling"] = {"rope_type": "linear", "factor": r.float("rope.scaling.factor", positive=True)}
     elif scaling not in ("none", ""):
         raise ValueError(f"{f.path}: {k('rope.scaling.type')}={scaling!r} is not supported "
                          f"(supported: none, linear, and Llama-3 'rope_freqs' factors)")
@@ -306,7 +343,7 @@ def _stored(f: GGUFModelFile, name: str, rows: int, cols: int, kind: str, n_head
     storage, dtype = f.matrix(name, (rows, cols))
     if rope_heads:
         storage = np.ascontiguousarray(storage[unpermute_rope_rows(rows, rope_heads)])
-    return StoredMatrix(storage, dtype, rows, cols, kind, n_heads)
+    return StoredMatrix(storage, dtype, rows, cols, kind, n_heads, name=f"{f.path}: {name}")
 
 
 def _convert_llama(f: GGUFModelFile, cfg: Dict[str, Any]) -> Dict[str, Any]:
@@ -412,7 +449,7 @@ def _tokenizer_files(f: GGUFModelFile) -> Tuple[Optional[str], Dict[str, str]]:
 # entry point
 # ---------------------------------------------------------------------------------------------
 def load_gguf(path: str, *, n_ctx: Optional[int] = None, first_n_layers: Optional[int] = None,
-              tokenizer: bool = True, keep_stored: bool = True):
+              tokenizer: bool = True, keep_stored: bool = True, copy_weights: bool = False):
     """Load a GGUF checkpoint as a :class:`~glassbox.loading.pretrained.LoadedModel`.
 
     Args:
@@ -423,6 +460,9 @@ def load_gguf(path: str, *, n_ctx: Optional[int] = None, first_n_layers: Optiona
             and ``tokenizer_config.json`` into a temporary folder (``tokenizer_dir``) removed at exit.
         keep_stored: False dequantises every matrix to a float32 TL-layout array (RAM x ~4-8)
             instead of keeping :class:`StoredMatrix` objects.
+        copy_weights: copy the matrices kept as stored into RAM (the file size) instead of
+            leaving them memory-mapped, so that later changes to the file cannot affect the
+            model (see :mod:`glassbox.loading.mapped`).
 
     Returns:
         ``LoadedModel`` whose ``state_dict`` holds :class:`StoredMatrix` objects for the matrix
@@ -438,12 +478,16 @@ def load_gguf(path: str, *, n_ctx: Optional[int] = None, first_n_layers: Optiona
     f = open_gguf(path)
     try:
         loaded = _load(f, path, n_ctx, first_n_layers, tokenizer)
-    except (TypeError, KeyError, IndexError, OverflowError, AttributeError) as exc:
+    except (TypeError, KeyError, IndexError, OverflowError, AttributeError, ZeroDivisionError) as exc:
         # metadata of the wrong type / shape (a corrupt or hand-made file)
         raise ValueError(f"{path}: malformed GGUF file ({type(exc).__name__}: {exc})") from None
     if not keep_stored:
         loaded.state_dict = {k: v.to_tl() if isinstance(v, StoredMatrix) else v
                              for k, v in loaded.state_dict.items()}
+    if copy_weights:
+        from .mapped import copy_to_memory
+
+        loaded.state_dict = copy_to_memory(loaded.state_dict)
     return loaded
 
 
@@ -454,7 +498,7 @@ def _load(f: GGUFModelFile, path: str, n_ctx: Optional[int], first_n_layers: Opt
 
     hf = gguf_hf_config(f)
     stem = os.path.basename(path)[: -len(".gguf")] if path.endswith(".gguf") else os.path.basename(path)
-    cfg = convert_hf_config(hf, model_name=stem, tokenizer_name=path)
+    cfg = convert_hf_config(hf, model_name=stem, tokenizer_name=path, where=path)
     apply_overrides(cfg, n_ctx=n_ctx, first_n_layers=first_n_layers)
     if f.architecture == "gpt2":
         sd = _convert_gpt2(f, cfg, hf)

@@ -172,13 +172,25 @@ def build_tokenizer(f: Any) -> Tuple[Any, Dict[str, Any]]:
     the tokenizer's post-processor adds BOS/EOS accordingly.
 
     Raises:
-        ValueError: no tokenizer metadata, or an unsupported ``tokenizer.ggml.model``.
+        ValueError: no tokenizer metadata, an unsupported ``tokenizer.ggml.model``, or malformed
+            tokenizer metadata (values of the wrong type, merges naming unknown tokens, ...):
+            the message names the file.
     """
-    from tokenizers import AddedToken, processors
-
     f = _open(f)
     if not has_tokenizer(f):
         raise ValueError(f"{f.path}: the GGUF file has no tokenizer metadata (tokenizer.ggml.*)")
+    try:
+        return _build_tokenizer(f)
+    except (ValueError, MemoryError):
+        raise
+    except Exception as exc:  # metadata of the wrong type/shape; tokenizers raises plain Exception
+        raise ValueError(f"{f.path}: malformed GGUF tokenizer metadata "
+                         f"({type(exc).__name__}: {exc})") from None
+
+
+def _build_tokenizer(f: Any) -> Tuple[Any, Dict[str, Any]]:
+    from tokenizers import AddedToken, processors
+
     model = str(f.get("tokenizer.ggml.model"))
     tokens = [str(t) for t in f.get("tokenizer.ggml.tokens")]
     if model == "gpt2":

@@ -2,6 +2,9 @@
 
 Accepted forms, tried in this order:
 
+0. the name of a model shipped inside glassbox (``"glassbox/tiny-gpt2-ioi"``,
+   ``"glassbox/tiny-llama-ioi"``; see :func:`glassbox.loading.embedded.embedded_models`): its
+   package folder, no network and no cache involved;
 1. a local folder holding ``config.json`` and ``*.safetensors`` weights (single file, several
    shards with ``model.safetensors.index.json``, or several unindexed files) and, optionally,
    tokenizer files (``tokenizer.json``, ``tokenizer_config.json``, ...);
@@ -23,6 +26,8 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
+
+from .embedded import embedded_model_path, embedded_models, is_embedded_name
 
 __all__ = [
     "MODEL_ALIASES",
@@ -250,7 +255,8 @@ def _from_hub(name: str, revision: Optional[str], cache_dir: Optional[str]) -> M
         f"`hf download {repo} --include config.json '*.safetensors' '*.json' merges.txt` "
         f"(or huggingface_hub.snapshot_download({repo!r})), then copy the cache folder "
         f"'models--{repo.replace('/', '--')}' into {where} (or set HF_HUB_CACHE), "
-        f"or pass the path of a local folder holding config.json and *.safetensors."
+        f"or pass the path of a local folder holding config.json and *.safetensors. "
+        f"Models shipped with glassbox (no network needed): {', '.join(embedded_models())}."
     )
 
 
@@ -259,8 +265,8 @@ def resolve_model_files(name_or_path: str, *, revision: Optional[str] = None,
     """Find the config, weights and tokenizer files for ``name_or_path``.
 
     Args:
-        name_or_path: local folder, ``.safetensors`` file, shard index, Hub repo id or a
-            TransformerLens GPT-2 alias.
+        name_or_path: an embedded model name (``"glassbox/tiny-gpt2-ioi"``), local folder,
+            ``.safetensors`` file, shard index, Hub repo id or a TransformerLens GPT-2 alias.
         revision: Hub revision (branch, tag or commit) for repo ids; default ``"main"``.
         cache_dir: Hugging Face cache folder; default ``$HF_HUB_CACHE`` / ``$HF_HOME/hub`` /
             huggingface_hub's default.
@@ -270,6 +276,8 @@ def resolve_model_files(name_or_path: str, *, revision: Optional[str] = None,
         OSError: a repo id that is neither cached nor downloadable (the message says how to get it).
     """
     name = os.fspath(name_or_path)
+    if is_embedded_name(name):
+        return _scan_folder(embedded_model_path(name), official_name=name.strip().lower())
     p = Path(name).expanduser()
     if p.exists():
         return _from_local(p)

@@ -17,8 +17,10 @@ from typing import Any, Dict, Optional
 
 import numpy as np
 
+from ..config.validation import as_int, check_config_fields
 from . import arch_gpt2, arch_llama
 from .hub import ModelFiles, resolve_model_files
+from .mapped import copy_to_memory
 from .safetensors_io import SafeTensor, read_safetensors, read_safetensors_sharded
 from .shapes import check_state_dict
 from .source import TensorSource
@@ -113,18 +115,29 @@ def _read_config(path: str) -> Dict[str, Any]:
 
 
 def convert_hf_config(hf: Dict[str, Any], *, model_name: str = "custom",
-                      tokenizer_name: Optional[str] = None) -> Dict[str, Any]:
-    """Convert an HF ``config.json`` dict to ``HookedTransformerConfig`` field values."""
+                      tokenizer_name: Optional[str] = None, where: str = "config.json") -> Dict[str, Any]:
+    """Convert an HF ``config.json`` dict to ``HookedTransformerConfig`` field values.
+
+    Every field is checked (types, ranges, divisibility: see
+    :class:`glassbox.config.validation.FieldReader` and
+    :func:`~glassbox.config.validation.check_config_fields`); a bad value is a ``ValueError``
+    naming ``where`` (the file), the field and the value.
+    """
+    if not isinstance(hf, dict):
+        raise ValueError(f"{where}: expected a JSON object, got {type(hf).__name__}")
     archs = hf.get("architectures") or []
-    if not archs:
-        raise ValueError(f"config.json has no 'architectures' entry; supported architectures: "
-                         f"{', '.join(supported_architectures())}")
+    if not isinstance(archs, list) or not archs or not isinstance(archs[0], str):
+        raise ValueError(f"{where} has no valid 'architectures' entry (got {archs!r}); supported "
+                         f"architectures: {', '.join(supported_architectures())}")
     arch = archs[0]
     adapter = get_adapter(arch)
     try:
-        cfg = adapter.convert_config(hf)
+        if "where" in inspect.signature(adapter.convert_config).parameters:
+            cfg = adapter.convert_config(hf, where=where)
+        else:
+            cfg = adapter.convert_config(hf)
     except KeyError as exc:
-        raise ValueError(f"config.json for {arch} lacks required field {exc.args[0]!r}") from None
+        raise ValueError(f"{where} for {arch} lacks required field {exc.args[0]!r}") from None
     cfg.setdefault("default_prepend_bos", True)
     cfg["d_vocab_out"] = cfg["d_vocab"]
     cfg["original_architecture"] = arch
@@ -132,6 +145,7 @@ def convert_hf_config(hf: Dict[str, Any], *, model_name: str = "custom",
     cfg["tokenizer_name"] = tokenizer_name if tokenizer_name is not None else model_name
     cfg["init_weights"] = False
     cfg["dtype"] = "float32"
+    check_config_fields(cfg, where)
     return cfg
 
 
@@ -151,15 +165,11 @@ def apply_overrides(cfg: Dict[str, Any], *, n_ctx: Optional[int], first_n_layers
     """TransformerLens's ``from_pretrained(n_ctx=..., first_n_layers=...)``: truncate the blocks
     and/or override the context length of a converted config, in place."""
     if first_n_layers is not None:
-        if not 0 < int(first_n_layers) <= cfg["n_layers"]:
-            raise ValueError(f"first_n_layers={first_n_layers} must be in 1..{cfg['n_layers']}")
-        cfg["n_layers"] = int(first_n_layers)
+        cfg["n_layers"] = as_int(first_n_layers, "first_n_layers", minimum=1, maximum=cfg["n_layers"])
         if cfg.get("attn_types"):
             cfg["attn_types"] = cfg["attn_types"][: cfg["n_layers"]]
     if n_ctx is not None:
-        if int(n_ctx) <= 0:
-            raise ValueError(f"n_ctx={n_ctx} must be positive")
-        cfg["n_ctx"] = int(n_ctx)
+        cfg["n_ctx"] = as_int(n_ctx, "n_ctx")
 
 
 def load_pretrained_parts(
@@ -170,6 +180,7 @@ def load_pretrained_parts(
     first_n_layers: Optional[int] = None,
     revision: Optional[str] = None,
     cache_dir: Optional[str] = None,
+    copy_weights: bool = False,
 ) -> LoadedModel:
     """Load a checkpoint's config, weights (TL layout) and tokenizer file paths.
 
@@ -188,6 +199,10 @@ def load_pretrained_parts(
             checkpoint has positions raises ``ValueError``.
         first_n_layers: keep only the first n blocks (TL's ``first_n_layers``).
         revision, cache_dir: Hub revision and cache folder for repo ids.
+        copy_weights: copy every weight that would stay memory-mapped from its file (bf16/f16
+            matrices kept as stored, GGUF blocks) into RAM, so that later changes to the files
+            cannot affect the model (see :mod:`glassbox.loading.mapped`). Costs the file size in
+            RAM; without it a changed file makes the next run raise ``WeightFileChangedError``.
 
     Raises:
         ValueError: unsupported architecture, malformed config/weights, or a config whose
@@ -198,13 +213,15 @@ def load_pretrained_parts(
     if str(name_or_path).lower().endswith(".gguf"):
         from .gguf_io import load_gguf
 
-        return load_gguf(str(name_or_path), n_ctx=n_ctx, first_n_layers=first_n_layers)
+        return load_gguf(str(name_or_path), n_ctx=n_ctx, first_n_layers=first_n_layers,
+                         copy_weights=copy_weights)
     # --- end GGUF ---
     dtype_name = _check_dtype(dtype)
     files = resolve_model_files(name_or_path, revision=revision, cache_dir=cache_dir)
     hf = _read_config(files.config_path)
     tokenizer_name = files.official_name if files.repo_id else files.folder
-    cfg = convert_hf_config(hf, model_name=files.official_name, tokenizer_name=tokenizer_name)
+    cfg = convert_hf_config(hf, model_name=files.official_name, tokenizer_name=tokenizer_name,
+                            where=files.config_path)
     cfg["dtype"] = dtype_name
     apply_overrides(cfg, n_ctx=n_ctx, first_n_layers=first_n_layers)
 
@@ -229,8 +246,11 @@ def load_pretrained_parts(
         if isinstance(v, StoredMatrix):
             continue
         if v.dtype != np.float32 or not v.flags.c_contiguous or not v.flags.aligned:
-            sd[k] = np.ascontiguousarray(v, dtype=np.float32)
+            # a new array: ascontiguousarray would keep a view at an odd file offset unaligned
+            sd[k] = np.array(v, dtype=np.float32, order="C", copy=True)
     check_state_dict(sd, cfg, what=f"{files.source}: converted state dict")
+    if copy_weights:
+        sd = copy_to_memory(sd)
     tok = files.tokenizer_files
     return LoadedModel(
         config=cfg,

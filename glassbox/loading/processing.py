@@ -192,13 +192,45 @@ def _factored_svd(A: np.ndarray, B: np.ndarray) -> Tuple[np.ndarray, np.ndarray,
     return Ua @ Um, Sm, np.swapaxes(Vhb, -1, -2) @ np.swapaxes(Vhm, -1, -2)
 
 
+def _refactor_layer_torch(out: StateDict, p: str) -> None:
+    """One layer of :func:`refactor_factored_attn_matrices` in float32 torch, in TransformerLens's
+    order of operations. SVD signs are a property of the LAPACK call, not of the maths: doing the
+    very same float32 ``torch.linalg.svd`` calls as TL gives TL's factors, so hook_q/k/v/z match
+    TL's refactored model and not just its products."""
+    import torch
+
+    def svd(A, B):
+        Ua, Sa, Vha = torch.linalg.svd(A, full_matrices=False)
+        Ub, Sb, Vhb = torch.linalg.svd(B, full_matrices=False)
+        middle = Sa[..., :, None] * Vha @ Ub * Sb[..., None, :]
+        Um, Sm, Vhm = torch.linalg.svd(middle, full_matrices=False)
+        return Ua @ Um, Sm, Vhb.transpose(-1, -2) @ Vhm.transpose(-1, -2)
+
+    t = {k: torch.from_numpy(np.ascontiguousarray(out[p + k], dtype=np.float32))
+         for k in ("W_Q", "b_Q", "W_K", "b_K", "W_V", "W_O", "b_V", "b_O")}
+    q_eff = torch.cat([t["W_Q"], t["b_Q"][:, None, :]], dim=1)
+    k_eff = torch.cat([t["W_K"], t["b_K"][:, None, :]], dim=1)
+    U, S, V = svd(q_eff, k_eff.transpose(-1, -2))
+    q_even = U * S.sqrt()[..., None, :]
+    k_even = (S.sqrt()[..., :, None] * V.transpose(-1, -2)).transpose(-1, -2)
+    out[p + "W_Q"], out[p + "b_Q"] = q_even[:, :-1, :].numpy().copy(), q_even[:, -1, :].numpy().copy()
+    out[p + "W_K"], out[p + "b_K"] = k_even[:, :-1, :].numpy().copy(), k_even[:, -1, :].numpy().copy()
+    out[p + "b_O"] = (t["b_O"] + (t["b_V"][:, :, None] * t["W_O"]).sum(1).sum(0)).numpy().copy()
+    out[p + "b_V"] = np.zeros(tuple(t["b_V"].shape), np.float32)
+    U, S, V = svd(t["W_V"], t["W_O"])
+    out[p + "W_V"] = (U @ S.diag_embed()).numpy().copy()
+    out[p + "W_O"] = V.transpose(-1, -2).contiguous().numpy().copy()
+
+
 def refactor_factored_attn_matrices(sd: Mapping[str, np.ndarray], cfg: Any) -> StateDict:
     """Re-factor each head's QK and OV circuits into an "even", orthogonal form (TL's method).
 
     QK: with biases appended as an extra input row, ``[W_Q; b_Q] @ [W_K; b_K]^T = U S V^T`` is
     re-split as ``W_Q = U sqrt(S)``, ``W_K = V sqrt(S)``. OV: ``b_V`` is folded into ``b_O``,
     then ``W_V @ W_O = U S V^T`` gives ``W_V = U S``, ``W_O = V^T``. Every product the model
-    computes is unchanged (up to float error). SVD sign conventions may differ from torch's.
+    computes is unchanged (up to float error). With torch installed the SVDs are torch's float32 ones,
+    in TL's order (the factors, not only their products, are TL's); without it NumPy float64 (the
+    factors may then differ from TL's by the sign of singular-vector pairs).
 
     Raises:
         RotaryRefactorError: (an ``AssertionError`` and ``ValueError``) for rotary models, where
@@ -209,9 +241,18 @@ def refactor_factored_attn_matrices(sd: Mapping[str, np.ndarray], cfg: Any) -> S
             "You can't refactor the QK circuit when using rotary embeddings (as the QK matrix "
             "depends on the position of the query and key)")
     out: StateDict = dict(sd)
+    try:
+        import torch  # noqa: F401  (optional: TL's own SVDs when it is there)
+
+        use_torch = True
+    except ImportError:
+        use_torch = False
     for l in range(int(cfg_get(cfg, "n_layers"))):
         p = f"blocks.{l}.attn."
         if p + "W_Q" not in out:
+            continue
+        if use_torch:
+            _refactor_layer_torch(out, p)
             continue
         dtype = np.float64
         W_Q, b_Q = out[p + "W_Q"].astype(dtype), out[p + "b_Q"].astype(dtype)

@@ -7,15 +7,21 @@ File layout (all integers little-endian)::
                       "__metadata__": {str: str}}            (metadata is optional)
     [rest]     the data buffer; offsets are relative to its start
 
-Tensors are returned as *views* of a copy-on-write ``np.memmap`` of the file: nothing is read
-until it is touched, and writing into an array never modifies the file (the written pages become
-private to this process). bfloat16 has no NumPy dtype, so BF16 tensors are exposed as ``uint16``
+Tensors are returned as *views* of a copy-on-write memory mapping of the file
+(:func:`glassbox.loading.mapped.map_file`): nothing is read until it is touched, and writing into
+an array never modifies the file (the written pages become private to this process). The mapping
+remembers the file's state, so a model can refuse to run once the file has changed
+(:mod:`glassbox.loading.mapped`). bfloat16 has no NumPy dtype, so BF16 tensors are exposed as ``uint16``
 bit patterns inside a :class:`SafeTensor` whose ``dtype`` says ``"BF16"``; :meth:`SafeTensor.numpy`
 widens them exactly to float32 when a float array is wanted. That keeps bf16 weights bf16 for an
 engine that can consume them directly.
 
 Every malformed file raises :class:`SafetensorsError` (a ``ValueError``) whose message names the
-file and what is wrong; a missing file raises ``FileNotFoundError`` (an ``OSError``).
+file, the tensor and what is wrong, at open time and before any allocation beyond the header:
+repeated JSON keys, unknown dtypes, negative dimensions, element counts that overflow int64,
+byte sizes that disagree with ``data_offsets``, offsets out of order or past the end of the file,
+and tensors that overlap, leave gaps or leave trailing bytes (the format requires the tensors to
+tile the data buffer exactly). A missing file raises ``FileNotFoundError`` (an ``OSError``).
 """
 from __future__ import annotations
 
@@ -24,7 +30,7 @@ import os
 import struct
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, Iterator, List, Mapping, Optional, Tuple, Union
+from typing import Any, Dict, Iterator, List, Mapping, Optional, Tuple, Union
 
 import numpy as np
 
@@ -146,16 +152,70 @@ def _fail(path: PathLike, what: str) -> SafetensorsError:
     return SafetensorsError(f"{os.fspath(path)}: {what}")
 
 
+_INT64_MAX = 2**63 - 1
+
+
+class _JSONObject(dict):
+    """A parsed JSON object that remembers keys it saw more than once (JSON allows repeated
+    keys, the last value silently winning; a header that says two things about one tensor is
+    corrupt)."""
+
+    repeated: List[str]
+
+
+def _object_pairs(pairs: List[Tuple[str, Any]]) -> _JSONObject:
+    out = _JSONObject()
+    out.repeated = []
+    for key, value in pairs:
+        if key in out and key not in out.repeated:
+            out.repeated.append(key)
+        out[key] = value
+    return out
+
+
+def _check_repeated(path: str, header: Any) -> None:
+    if not isinstance(header, _JSONObject):
+        return
+    if header.repeated:
+        what = "tensor name" if header.repeated[0] != "__metadata__" else "key"
+        raise _fail(path, f"corrupt safetensors header: {what} {header.repeated[0]!r} appears more "
+                          f"than once (JSON keys must be unique)")
+    for name, info in header.items():
+        if isinstance(info, _JSONObject) and info.repeated:
+            where = "__metadata__" if name == "__metadata__" else f"tensor {name!r}"
+            raise _fail(path, f"corrupt safetensors header: {where} gives {info.repeated[0]!r} "
+                              f"more than once (JSON keys must be unique)")
+
+
+def _is_int(x: Any) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
 def _parse_header(path: str, raw: bytes, data_size: int) -> Tuple[Dict[str, dict], Dict[str, str]]:
+    """Parse and validate the JSON header against the data buffer (``data_size`` bytes).
+
+    Checked, as the safetensors format requires: valid UTF-8 JSON object, no repeated keys, each
+    entry with a known dtype, a shape of non-negative ints and ``data_offsets`` ``[begin, end]``
+    with ``begin <= end <= data_size``; ``prod(shape) * itemsize == end - begin`` computed in
+    exact integers (no int64 wrap-around); and the tensors, sorted by offset, tile the data
+    buffer exactly: no overlap, no gap, no trailing bytes. Every violation is a
+    :class:`SafetensorsError` naming the file, the tensor and the problem. Nothing here
+    allocates more than the header itself.
+    """
     try:
-        header = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise _fail(path, f"corrupt safetensors header: not valid UTF-8 JSON ({exc})") from None
+        text = raw.decode("utf-8")
+        header = json.loads(text, object_pairs_hook=_object_pairs)
+    except UnicodeDecodeError as exc:
+        raise _fail(path, f"corrupt safetensors header: not valid UTF-8 ({exc})") from None
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError, huge integer literals, nesting
+        raise _fail(path, f"corrupt safetensors header: not valid JSON ({exc})") from None
     if not isinstance(header, dict):
         raise _fail(path, f"corrupt safetensors header: expected a JSON object, got {type(header).__name__}")
+    _check_repeated(path, header)
     metadata = header.pop("__metadata__", None) or {}
     if not isinstance(metadata, dict):
         raise _fail(path, "corrupt safetensors header: __metadata__ is not an object")
+    spans: List[Tuple[int, int, str]] = []
     for name, info in header.items():
         if not isinstance(info, dict) or not {"dtype", "shape", "data_offsets"} <= set(info):
             raise _fail(path, f"corrupt safetensors header: entry {name!r} needs dtype, shape and data_offsets")
@@ -166,27 +226,56 @@ def _parse_header(path: str, raw: bytes, data_size: int) -> Tuple[Dict[str, dict
                 f"tensor {name!r} has dtype {dtype!r}, which glassbox does not support "
                 f"(supported: {', '.join(DTYPES)})",
             )
-        if (not isinstance(shape, list)
-                or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in shape)):
-            raise _fail(path, f"corrupt safetensors header: tensor {name!r} has invalid shape {shape!r}")
+        if not isinstance(shape, list) or not all(_is_int(s) for s in shape):
+            raise _fail(path, f"corrupt safetensors header: tensor {name!r} has invalid shape "
+                              f"{shape!r} (expected a list of integers)")
+        if any(s < 0 for s in shape):
+            raise _fail(path, f"corrupt safetensors header: tensor {name!r} has a negative "
+                              f"dimension in shape {shape!r}")
         if (not isinstance(offsets, list) or len(offsets) != 2
-                or not all(isinstance(o, int) and not isinstance(o, bool) and o >= 0 for o in offsets)
-                or offsets[0] > offsets[1]):
-            raise _fail(path, f"corrupt safetensors header: tensor {name!r} has invalid data_offsets {offsets!r}")
+                or not all(_is_int(o) and o >= 0 for o in offsets)):
+            raise _fail(path, f"corrupt safetensors header: tensor {name!r} has invalid data_offsets "
+                              f"{offsets!r} (expected [begin, end], non-negative integers)")
         begin, end = offsets
+        if begin > end:
+            raise _fail(path, f"corrupt safetensors header: tensor {name!r} has data_offsets "
+                              f"[{begin}, {end}] out of order (begin > end)")
         if end > data_size:
             raise _fail(
                 path,
                 f"tensor {name!r} data_offsets [{begin}, {end}] run past the end of the data "
                 f"buffer ({data_size} bytes): the file is truncated or its header is corrupt",
             )
-        n_bytes = int(np.prod(shape, dtype=np.int64)) * DTYPES[dtype].itemsize
+        n_el = 1
+        for s in shape:  # exact integers: a product that overflows int64 is reported, not wrapped
+            n_el *= s
+        if n_el > _INT64_MAX:
+            raise _fail(path, f"corrupt safetensors header: tensor {name!r} has shape {tuple(shape)} "
+                              f"whose element count {n_el} overflows int64")
+        n_bytes = n_el * DTYPES[dtype].itemsize
         if n_bytes != end - begin:
             raise _fail(
                 path,
                 f"tensor {name!r}: shape {tuple(shape)} x {dtype} needs {n_bytes} bytes but "
                 f"data_offsets [{begin}, {end}] span {end - begin}",
             )
+        spans.append((begin, end, name))
+    spans.sort()
+    pos, prev = 0, None
+    for begin, end, name in spans:
+        if begin < pos:
+            raise _fail(path, f"corrupt safetensors header: tensor {name!r} data_offsets "
+                              f"[{begin}, {end}] overlap tensor {prev[2]!r} [{prev[0]}, {prev[1]}]")
+        if begin > pos:
+            after = f"after tensor {prev[2]!r}" if prev else "at the start of the data buffer"
+            raise _fail(path, f"corrupt safetensors header: bytes [{pos}, {begin}) {after} belong "
+                              f"to no tensor (tensor {name!r} starts at {begin}); tensors must "
+                              f"tile the data buffer without gaps")
+        pos, prev = end, (begin, end, name)
+    if pos != data_size:
+        raise _fail(path, f"corrupt safetensors header: the data buffer holds {data_size} bytes "
+                          f"but the tensors cover only the first {pos}: {data_size - pos} "
+                          f"trailing bytes belong to no tensor")
     return header, {str(k): str(v) for k, v in metadata.items()}
 
 
@@ -198,6 +287,8 @@ class SafetensorsFile(Mapping[str, SafeTensor]):
     """
 
     def __init__(self, path: PathLike):
+        from .mapped import map_file
+
         self.path = os.fspath(path)
         p = Path(self.path)
         if not p.is_file():
@@ -205,20 +296,22 @@ class SafetensorsFile(Mapping[str, SafeTensor]):
         size = p.stat().st_size
         if size < 8:
             raise _fail(self.path, f"truncated safetensors file: {size} bytes, the 8-byte header length is missing")
-        with open(self.path, "rb") as fh:
-            (n,) = struct.unpack("<Q", fh.read(8))
-            if n > _MAX_HEADER:
-                raise _fail(self.path, f"corrupt safetensors header: header length {n} is implausibly large")
-            if 8 + n > size:
-                raise _fail(
-                    self.path,
-                    f"truncated safetensors file: header claims {n} bytes but only {size - 8} follow",
-                )
-            raw = fh.read(n)
+        # the whole file, mapped copy-on-write (nothing is read until touched); the header is
+        # parsed from the mapping itself, so it describes exactly the bytes the tensors view
+        self._mm = map_file(self.path)
+        size = self._mm.size
+        (n,) = struct.unpack("<Q", self._mm[:8].tobytes())
+        if n > _MAX_HEADER:
+            raise _fail(self.path, f"corrupt safetensors header: header length {n} is implausibly large")
+        if 8 + n > size:
+            raise _fail(
+                self.path,
+                f"truncated safetensors file: header claims {n} bytes but only {size - 8} follow",
+            )
+        raw = self._mm[8:8 + n].tobytes()
         self._data_start = 8 + n
         self._data_size = size - self._data_start
         self._header, self.metadata = _parse_header(self.path, raw, self._data_size)
-        self._mm: Optional[np.memmap] = None
 
     # -- mapping protocol ---------------------------------------------------------------
     def __getitem__(self, name: str) -> SafeTensor:
@@ -231,11 +324,10 @@ class SafetensorsFile(Mapping[str, SafeTensor]):
         if end == begin:
             arr = np.zeros(shape, dtype=dt)
         else:
-            if self._mm is None:
-                self._mm = np.memmap(self.path, dtype=np.uint8, mode="c",
-                                     offset=self._data_start, shape=(self._data_size,))
-            # a plain ndarray view (not the np.memmap subclass) of the mapped bytes
-            arr = np.asarray(self._mm[begin:end]).view(dt).reshape(shape)
+            # a view of the mapped bytes (its .base chain leads to the MappedFile, which lets
+            # the model check that the file is unchanged before each run)
+            start = self._data_start + begin
+            arr = self._mm[start:self._data_start + end].view(dt).reshape(shape)
         return SafeTensor(arr, info["dtype"], name, self.path)
 
     def __iter__(self) -> Iterator[str]:

@@ -75,7 +75,7 @@ class TensorSource:
             data = np.ascontiguousarray(t.numpy(np.float32))
         else:
             raise ValueError(f"cannot keep weights as {keep!r} (supported: auto, BF16, F16)")
-        return StoredMatrix(data, want, rows, cols, kind, n_heads)
+        return StoredMatrix(data, want, rows, cols, kind, n_heads, name=f"{t.file or self.origin}: {name}")
 
     def _check(self, name: str, t: SafeTensor, shape: Tuple[int, ...]) -> None:
         shape = tuple(int(s) for s in shape)

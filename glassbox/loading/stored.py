@@ -38,7 +38,7 @@ _BLOCKS = {"F32": (1, 4), "BF16": (1, 2), "F16": (1, 2), "Q8_0": (32, 34), "Q4_0
 def row_bytes(dtype: str, n_cols: int) -> int:
     """Bytes of one stored row of ``n_cols`` elements of ``dtype``."""
     elems, nbytes = _BLOCKS[dtype]
-    if n_cols % elems:
+    if n_cols < 0 or n_cols % elems:
         raise ValueError(f"{dtype} rows need a multiple of {elems} elements, got {n_cols}")
     return n_cols // elems * nbytes
 
@@ -53,19 +53,31 @@ class StoredMatrix:
     n_cols: int
     kind: str  # one of KINDS
     n_heads: int = 0  # heads_in / heads_out only
+    name: str = ""  # the tensor's name in its file (for messages)
 
     def __post_init__(self) -> None:
+        what = f"{self.name}: " if self.name else ""
         if self.dtype not in _BLOCKS:
-            raise ValueError(f"unsupported weight dtype {self.dtype!r}; supported: {sorted(_BLOCKS)}")
+            raise ValueError(f"{what}unsupported weight dtype {self.dtype!r}; supported: {sorted(_BLOCKS)}")
         if self.kind not in KINDS:
-            raise ValueError(f"unknown StoredMatrix kind {self.kind!r}")
-        want = self.n_rows * row_bytes(self.dtype, self.n_cols)
+            raise ValueError(f"{what}unknown StoredMatrix kind {self.kind!r}")
+        if self.n_rows < 0 or self.n_cols < 0:
+            raise ValueError(f"{what}{self.dtype} matrix [{self.n_rows}, {self.n_cols}] has a negative size")
+        try:
+            want = self.n_rows * row_bytes(self.dtype, self.n_cols)
+        except ValueError as exc:
+            raise ValueError(f"{what}matrix [{self.n_rows}, {self.n_cols}]: {exc}") from None
         if self.storage.nbytes != want or not self.storage.flags.c_contiguous:
             raise ValueError(
-                f"{self.dtype} matrix [{self.n_rows}, {self.n_cols}] needs {want} contiguous bytes, "
+                f"{what}{self.dtype} matrix [{self.n_rows}, {self.n_cols}] needs {want} contiguous bytes, "
                 f"storage has {self.storage.nbytes} (shape {self.storage.shape}, dtype {self.storage.dtype})")
-        if self.kind in ("heads_in", "heads_out") and self.n_heads <= 0:
-            raise ValueError(f"{self.kind} StoredMatrix needs n_heads")
+        if self.kind in ("heads_in", "heads_out"):
+            if self.n_heads <= 0:
+                raise ValueError(f"{what}{self.kind} StoredMatrix needs n_heads")
+            split = self.n_rows if self.kind == "heads_in" else self.n_cols
+            if split % self.n_heads:
+                raise ValueError(f"{what}{self.kind} matrix [{self.n_rows}, {self.n_cols}] cannot be "
+                                 f"split into {self.n_heads} heads")
 
     @property
     def shape(self) -> Tuple[int, ...]:
@@ -88,7 +100,14 @@ class StoredMatrix:
         return ("rows", self.storage, self.dtype, self.n_rows, self.n_cols)
 
     def dequantize(self) -> np.ndarray:
-        """The stored ``[n_rows, n_cols]`` matrix as float32 (a new array)."""
+        """The stored ``[n_rows, n_cols]`` matrix as float32 (a new array).
+
+        Raises :class:`~glassbox.loading.mapped.WeightFileChangedError` if the storage is a
+        mapping of a file that changed since it was loaded (reading it could crash the process).
+        """
+        from .mapped import check_files_unchanged
+
+        check_files_unchanged((self.storage,))
         if self.dtype == "F32":
             return np.array(self.storage, dtype=np.float32).reshape(self.n_rows, self.n_cols)
         if self.dtype == "F16":
@@ -138,7 +157,8 @@ class StoredMatrix:
             return self
         raw = np.asarray(self.storage).view(np.uint8).reshape(self.n_heads, -1)
         rep = np.ascontiguousarray(np.repeat(raw, reps, axis=0)).reshape(-1)
-        return StoredMatrix(rep, self.dtype, self.n_rows * reps, self.n_cols, self.kind, self.n_heads * reps)
+        return StoredMatrix(rep, self.dtype, self.n_rows * reps, self.n_cols, self.kind, self.n_heads * reps,
+                            self.name)
 
     def to_tl(self) -> np.ndarray:
         """A float32 copy in TransformerLens's layout (``self.shape``)."""

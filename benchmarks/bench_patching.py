@@ -14,7 +14,8 @@ on a 1 x --tokens prompt, metric = logit difference at the last position:
       the corrupted logits for them;
     - "all-tokens": every position differs, so every patch is computed (batching and starting at
       the patched layer only);
-    with glassbox's TransformerLens-style loop (``fast_path=False``) as a third contender;
+    with glassbox's TransformerLens-style loop (``fast_path=False``) as a third contender on the
+    all-tokens pair (engine speed alone vs TL; batching and layer starts vs that loop);
   * ``get_act_patch_attn_head_out_by_pos`` (12 x tokens x 12 patches), one-token pair.
 
 Each round runs every contender once, in alternating order (A/B interleaved), and the medians
@@ -95,7 +96,7 @@ def main() -> None:
             out["glassbox loop"] = lambda: getattr(gp, fname)(gb, corr, gb_cache, metric, fast_path=False)
         return out
 
-    cases = [("get_act_patch_resid_pre", "one-token", True, args.runs),
+    cases = [("get_act_patch_resid_pre", "one-token", False, args.runs),
              ("get_act_patch_resid_pre", "all-tokens", True, args.runs)]
     if not args.no_heads:
         cases.append(("get_act_patch_attn_head_out_by_pos", "one-token", False, args.head_runs))

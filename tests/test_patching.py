@@ -221,9 +221,9 @@ def test_batched_runs_start_at_the_patched_layer(gpt2_pair, monkeypatch):
     calls = []
     real = type(gb)._run_engine
 
-    def spy(self, tokens, residual, mask, positions, start, stop, *a):
+    def spy(self, tokens, residual, mask, positions, start, stop, *a, **kw):
         calls.append((start, (residual if residual is not None else tokens).shape[0]))
-        return real(self, tokens, residual, mask, positions, start, stop, *a)
+        return real(self, tokens, residual, mask, positions, start, stop, *a, **kw)
 
     monkeypatch.setattr(type(gb), "_run_engine", spy)
     p.gb_run("get_act_patch_resid_pre")
@@ -262,7 +262,7 @@ def test_transformer_lens_setters_are_recognised(gpt2_pair, monkeypatch):
     p, gb = gpt2_pair, gpt2_pair.gb
     n_runs = []
     real = type(gb)._run_engine
-    monkeypatch.setattr(type(gb), "_run_engine", lambda self, *a: n_runs.append(1) or real(self, *a))
+    monkeypatch.setattr(type(gb), "_run_engine", lambda self, *a, **kw: n_runs.append(1) or real(self, *a, **kw))
     got = gp.generic_activation_patch(gb, p.corr, p.gb_cache, metric, tlp.layer_head_pos_pattern_patch_setter,
                                       "pattern", index_axis_names=("layer", "head_index", "dest_pos"))
     assert len(n_runs) == 3, "one reference run and one batched run per layer"

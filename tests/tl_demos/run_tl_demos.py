@@ -311,7 +311,15 @@ def _seed(nb: str, idx: int) -> None:
         pass
 
 
+def _drop_editable_finders() -> None:
+    """Use only the glassbox found on sys.path (the tree under test): an editable install's
+    meta-path finder would otherwise supply submodules missing from that tree from wherever the
+    install points (e.g. a newer checkout)."""
+    sys.meta_path[:] = [f for f in sys.meta_path if not getattr(f, "__module__", "").startswith("__editable__")]
+
+
 def worker(nb_path: Path, nb_name: str, lib: str, out_path: Path, stub_dir: Path, run_slow: bool = False) -> None:
+    _drop_editable_finders()
     os.environ["GITHUB_ACTIONS"] = "true"
     sys.path.insert(0, str(HERE))
     _stub_modules(stub_dir)

@@ -27,6 +27,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests"))
+sys.path.insert(0, str(HERE.parent))  # time the checkout this script belongs to, not an installed copy
 
 
 def gpt2_models(with_tl: bool):
@@ -114,8 +115,10 @@ def main():
     warnings.filterwarnings("ignore")
     logging.disable(logging.WARNING)
     torch.set_num_threads(args.threads)
+    import glassbox
     from glassbox import _C
 
+    print(f"glassbox from {Path(glassbox.__file__).parent}")
     print(f"glassbox ISA {_C.isa()}, OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']}, torch threads "
           f"{torch.get_num_threads()}, load average {os.getloadavg()[0]:.1f}")
     for name in (["gpt2", "smollm2"] if args.model == "both" else [args.model]):

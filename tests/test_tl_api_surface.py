@@ -388,6 +388,12 @@ def test_lists_tensors_and_arrays_mix_as_in_tl(gpt2):
     sf.close(rows, ref(torch.cat([toks, toks]))[[1, 0]], ATOL, "list index on the batch axis")
 
 
+def test_printing_a_model_shows_tls_module_tree(pair):
+    gb, ref = pair
+    assert repr(gb) == repr(ref).replace("TypedModuleList", "ModuleList")
+    assert repr(gb.blocks[0].attn) == repr(ref.blocks[0].attn) and repr(gb.embed) == repr(ref.embed)
+
+
 def test_tokenizer_quirks_the_demos_use(gpt2):
     gb, ref = gpt2
     ids = ref.to_tokens("When Mary and John went", prepend_bos=False)[0]

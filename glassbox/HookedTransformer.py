@@ -294,11 +294,6 @@ class HookedTransformer(PretrainedMixin, WeightsMixin, TokensMixin, EngineMixin,
 
         return model_html(self)
 
-    def __repr__(self) -> str:
-        return (
-            f"HookedTransformer(model_name={self.cfg.model_name!r}, n_layers={self.cfg.n_layers}, "
-            f"d_model={self.cfg.d_model}, n_heads={self.cfg.n_heads}, d_vocab={self.cfg.d_vocab})"
-        )
 
 
 __all__ = ["HookedTransformer", "Output", "rotary_inv_freq"]

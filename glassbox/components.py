@@ -98,16 +98,10 @@ class Component(Module):
     def __dir__(self):
         return list(super().__dir__()) + list(self._params)
 
-    def __repr__(self) -> str:
-        shapes = ", ".join(f"{k}={tuple(self._params[k].shape)}" for k in type(self).PARAMS if k in self._params)
-        return f"{type(self).__name__}({shapes})"
 
 
 class Identity(Module):
     """Stands in for ``nn.Identity`` (normalization_type None)."""
-
-    def __repr__(self) -> str:
-        return "Identity()"
 
 
 class Embed(Component):
@@ -286,8 +280,6 @@ class TransformerBlock(Module):
             self.hook_resid_mid = HookPoint()  # [batch, pos, d_model]
         self.hook_resid_post = HookPoint()  # [batch, pos, d_model]
 
-    def __repr__(self) -> str:
-        return f"TransformerBlock(layer={self.layer_id})"
 
 
 def _transpose(x: Any) -> Any:

@@ -84,6 +84,24 @@ class Module:
         for _, m in self.named_children():
             yield m
 
+    def extra_repr(self) -> str:
+        """Text shown inside this module's parentheses in ``repr`` (as torch's ``extra_repr``)."""
+        return ""
+
+    def __repr__(self) -> str:
+        """The module tree, torch style: ``Name(\n  (child): Child(...)\n)`` (what printing a
+        TransformerLens model shows, hook points with their names)."""
+        lines = [line for line in self.extra_repr().split("\n") if line]
+        for key, child in self.named_children():
+            text = repr(child).replace("\n", "\n  ")
+            lines.append(f"({key}): {text}")
+        name = type(self).__name__
+        if not lines:
+            return f"{name}()"
+        if len(lines) == 1 and not list(self.named_children()):
+            return f"{name}({lines[0]})"
+        return name + "(\n  " + "\n  ".join(lines) + "\n)"
+
 
 class ModuleList(Module):
     """Indexable list of modules (names ``"0"``, ``"1"``, …) like ``nn.ModuleList``."""
@@ -106,8 +124,6 @@ class ModuleList(Module):
     def __iter__(self) -> Iterator[Module]:
         return iter(self._items)
 
-    def __repr__(self) -> str:
-        return f"ModuleList(len={len(self._items)})"
 
 
 class _Handle:
@@ -149,11 +165,11 @@ class HookPoint(Module):
     def named_children(self) -> Iterator[tuple[str, Module]]:
         return iter(())
 
-    def __repr__(self) -> str:
+    def extra_repr(self) -> str:
         bits = [f"name={self.name!r}"] if self.name is not None else []
         if self.fwd_hooks:
             bits.append(f"{len(self.fwd_hooks)} fwd")
-        return f"HookPoint({', '.join(bits)})"
+        return ", ".join(bits)
 
     def add_perma_hook(self, hook: HookFunction, dir: Literal["fwd", "bwd"] = "fwd") -> None:
         self.add_hook(hook, dir=dir, is_permanent=True)

@@ -388,6 +388,12 @@ def test_lists_tensors_and_arrays_mix_as_in_tl(gpt2):
     sf.close(rows, ref(torch.cat([toks, toks]))[[1, 0]], ATOL, "list index on the batch axis")
 
 
+def test_printing_a_model_shows_tls_module_tree(pair):
+    gb, ref = pair
+    assert repr(gb) == repr(ref).replace("TypedModuleList", "ModuleList")
+    assert repr(gb.blocks[0].attn) == repr(ref.blocks[0].attn) and repr(gb.embed) == repr(ref.embed)
+
+
 def test_tokenizer_quirks_the_demos_use(gpt2):
     gb, ref = gpt2
     ids = ref.to_tokens("When Mary and John went", prepend_bos=False)[0]
@@ -439,3 +445,21 @@ def test_new_surface_works_without_torch():
     """)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0 and out.stdout.strip().endswith("ok"), out.stderr[-2000:]
+
+
+def test_get_pos_offset_and_device_placement(gpt2):
+    from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
+
+    from glassbox.past_key_value_caching import HookedTransformerKeyValueCache
+
+    gb, ref = gpt2
+    toks = sf.tokens(ref.cfg.d_vocab, B=2, P=5, seed=10)
+    kt = TransformerLensKeyValueCache.init_cache(ref.cfg, ref.cfg.device, 2)
+    kg = HookedTransformerKeyValueCache.init_cache(gb.cfg, None, 2)
+    assert gb.get_pos_offset(None, 2) == ref.get_pos_offset(None, 2) == 0
+    ref(toks, past_kv_cache=kt)
+    gb(toks, past_kv_cache=kg)
+    assert gb.get_pos_offset(kg, 2) == ref.get_pos_offset(kt, 2) == 5
+    with pytest.raises(ValueError, match="batch"):
+        gb.get_pos_offset(kg, 3)
+    gb.move_model_modules_to_device()  # the CPU: nothing to do, no error

@@ -558,3 +558,20 @@ class RunMixin:
                 sf = sf * (mask[..., None] != 0)
             sf = wrap(np.ascontiguousarray(sf), torch_mode)
         return wrap(residual, torch_mode), wrap(tokens, torch_mode), sf, wrap(mask, torch_mode)
+
+    def get_pos_offset(self, past_kv_cache: Any, batch_size: int) -> int:
+        """Positions already in ``past_kv_cache`` (0 without one), checked against ``batch_size``:
+        where the next tokens' positions start (TransformerLens's ``get_pos_offset``)."""
+        if past_kv_cache is None:
+            return 0
+        entry = past_kv_cache[0]
+        if entry.batch_size != batch_size:
+            raise ValueError(f"the KV cache holds a batch of {entry.batch_size}, the input a batch of {batch_size}")
+        return len(entry)
+
+    def move_model_modules_to_device(self) -> None:
+        """TransformerLens spreads blocks over ``cfg.n_devices`` devices; glassbox computes on the
+        CPU, so this only checks that ``cfg.device`` is the CPU (``RuntimeError`` otherwise)."""
+        from glassbox.utilities.devices import check_device
+
+        check_device(self.cfg.device, "cfg.device")

@@ -19,7 +19,8 @@ IPython shell (so ``get_ipython()``, magics and ``display`` behave as in Jupyter
   nowhere else.
 
 Comparison: text must be equal once numbers are taken out (``transformer_lens`` in module paths
-is read as ``glassbox``); numbers match with ``rtol=1e-3`` (plus ``atol=1e-5``, and one unit of
+is read as ``glassbox``, TL's ``TypedModuleList`` as ``ModuleList``; autograd annotations — ``grad_fn=<…>``, ``requires_grad=True`` — are ignored,
+glassbox has no autograd); numbers match with ``rtol=1e-3`` (plus ``atol=1e-5``, and one unit of
 the last printed digit for rounded prints); arrays likewise, elementwise, with an absolute slack of
 1e-4 of the array's largest magnitude. Cells that need
 gradients, the network or a UI toolkit are listed in :data:`EXCLUDED` and not run.
@@ -311,7 +312,15 @@ def _seed(nb: str, idx: int) -> None:
         pass
 
 
+def _drop_editable_finders() -> None:
+    """Use only the glassbox found on sys.path (the tree under test): an editable install's
+    meta-path finder would otherwise supply submodules missing from that tree from wherever the
+    install points (e.g. a newer checkout)."""
+    sys.meta_path[:] = [f for f in sys.meta_path if not getattr(f, "__module__", "").startswith("__editable__")]
+
+
 def worker(nb_path: Path, nb_name: str, lib: str, out_path: Path, stub_dir: Path, run_slow: bool = False) -> None:
+    _drop_editable_finders()
     os.environ["GITHUB_ACTIONS"] = "true"
     sys.path.insert(0, str(HERE))
     _stub_modules(stub_dir)
@@ -373,11 +382,13 @@ def worker(nb_path: Path, nb_name: str, lib: str, out_path: Path, stub_dir: Path
 
 _NUM = re.compile(r"(?<![\w.])[-+]?(?:\d+\.\d*|\.\d+|\d+)(?:[eE][-+]?\d+)?%?")
 _HEX = re.compile(r"0x[0-9a-f]+")
+_AUTOGRAD = re.compile(r",\s*(grad_fn=<\w+>|requires_grad=True)")
 
 
 def _split_numbers(text: str) -> Tuple[str, List[Tuple[float, float]]]:
     """Text with numbers replaced by '#', and each number with the size of its last digit."""
-    text = text.replace("transformer_lens", "glassbox")
+    text = text.replace("transformer_lens", "glassbox").replace("TypedModuleList", "ModuleList")
+    text = _AUTOGRAD.sub("", text)  # glassbox has no autograd: its tensors never carry a grad_fn
     text = _HEX.sub("0x?", text)
     nums = []
 

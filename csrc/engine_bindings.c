@@ -6,11 +6,11 @@
  * released, and turns the engine's hook callbacks into Python calls.
  * Contract: docs/engine-interface.md.
  */
-#include <string.h>
-
-#include "argcheck.h"
+#include "argcheck.h" /* Python.h first: it sets the feature macros */
 #include "bindings.h"
 #include "engine.h"
+
+#include <string.h>
 
 typedef struct {
     PyObject_HEAD

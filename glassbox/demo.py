@@ -65,11 +65,22 @@ def logit_lens_of(model: Any, prompt: str, answer: str) -> Dict[str, Any]:
             "first_layer_where_top1": first_top}
 
 
-def induction_heads(model: Any, seq_len: int = 20, batch: int = 8) -> Dict[str, Any]:
-    """Induction score of every head on repeated random tokens, and the top heads."""
+def induction_heads(model: Any, seq_len: int = 20, batch: int = 8, pool: Optional[str] = None) -> Dict[str, Any]:
+    """Induction score of every head on repeated random tokens, and the top heads.
+
+    ``pool`` is passed to :func:`glassbox.models.tasks.induction_tokens`; by default
+    ``"random_words"`` (the embedded models' training distribution) when the tokenizer keeps all
+    of :data:`~glassbox.models.tasks.RANDOM_WORDS` whole, else ``"vocab"`` (random tokens of the
+    whole vocabulary, the classic TransformerLens setting).
+    """
     from glassbox.models import tasks
 
-    tokens = tasks.induction_tokens(model, batch=batch, seq_len=seq_len, seed=0)
+    if pool is None:
+        tok = model.tokenizer
+        whole = tok is not None and all(len(tok.encode(" " + w, add_special_tokens=False)) == 1
+                                        for w in tasks.RANDOM_WORDS)
+        pool = "random_words" if whole else "vocab"
+    tokens = tasks.induction_tokens(model, batch=batch, seq_len=seq_len, seed=0, pool=pool)
     logits, cache = model.run_with_cache(tokens, names_filter=lambda n: n.endswith("hook_pattern"))
     scores = tasks.induction_scores(cache, seq_len)
     losses = tasks.induction_losses(logits, tokens, seq_len)

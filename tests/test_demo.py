@@ -61,7 +61,7 @@ def test_induction_heads_found_and_causal(smollm2_model):
     assert found["top"][0]["score"] > 0.6, f"no induction head found ({found['top']})"
     assert found["median"] < 0.05
     order = np.dstack(np.unravel_index(np.argsort(-scores, axis=None), scores.shape))[0]
-    tokens = tasks.induction_tokens(m, batch=2, seq_len=30, seed=3)
+    tokens = tasks.induction_tokens(m, batch=2, seq_len=30, seed=3, pool="vocab")
     clean = _repeated_loss(m, tokens, 30)
     ablated = _repeated_loss(m, tokens, 30, [(int(l), int(h)) for l, h in order[:5]])
     assert clean < 3.5 and ablated > clean + 3.0, (clean, ablated)

@@ -457,7 +457,13 @@ def _token_pool(tok: Any, pool: str) -> np.ndarray:
     if pool == "vocab":
         ids = sorted(i for t, i in tok.vocab.items() if t not in specials and not t.startswith("<|"))
     elif pool == "random_words":
-        ids = [_single(tok, " " + w) for w in RANDOM_WORDS]
+        # the words this tokenizer keeps whole (all 64 for the embedded models; a BPE vocabulary
+        # such as SmolLM2's splits a few, e.g. " crimson")
+        ids = [ids[0] for ids in (_encode(tok, " " + w) for w in RANDOM_WORDS) if len(ids) == 1]
+        if len(ids) < 16:
+            raise ValueError(f"pool='random_words': only {len(ids)} of the {len(RANDOM_WORDS)} "
+                             "RANDOM_WORDS are single tokens for this tokenizer (need 16); "
+                             "use pool='vocab'")
     else:
         raise ValueError(f"pool={pool!r}: expected 'vocab' or 'random_words'")
     return np.asarray(ids, dtype=np.int64)
@@ -470,8 +476,8 @@ def induction_tokens(model_or_tokenizer: Any, batch: int = 8, seq_len: int = 20,
 
     ``r_i`` are drawn uniformly from ``pool``, distinct within a row when ``seq_len`` is at
     most the pool size (so every token of the second copy has exactly one earlier occurrence, as
-    with a large vocabulary; with replacement otherwise): ``"random_words"`` (the 64
-    :data:`RANDOM_WORDS`, as in training; default) or ``"vocab"`` (every non-special token:
+    with a large vocabulary; with replacement otherwise): ``"random_words"`` (those of the 64
+    :data:`RANDOM_WORDS` that are one token for this tokenizer, as in training; default) or ``"vocab"`` (every non-special token:
     induction on names and template words, which the models never saw repeated at random).
     The embedded models were trained on segments of up to 32 tokens repeated 2..4 times (rows of
     at most 65 tokens); ``n_ctx`` is 128.

@@ -75,7 +75,8 @@ def one_input(data: bytes) -> None:
 
 def _run(hf: dict) -> None:
     cfg = pretrained.convert_hf_config(hf, model_name="fuzz")
-    tl = HookedTransformerConfig.from_dict(dict(cfg, init_weights=True))
+    # no tokenizer: HookedTransformer(cfg) would load cfg.tokenizer_name, as TransformerLens does
+    tl = HookedTransformerConfig.from_dict(dict(cfg, init_weights=True, tokenizer_name=None))
     n_params = tl.d_vocab * tl.d_model * 2 + tl.n_layers * (
         4 * tl.d_model * tl.n_heads * tl.d_head + 3 * tl.d_model * (tl.d_mlp or 0))
     if n_params > _MAX_PARAMS or tl.n_ctx > 4096:

@@ -42,7 +42,7 @@ from glassbox.components import (
     make_norm,
 )
 from glassbox.config.hooked_transformer_config import HookedTransformerConfig
-from glassbox.hook_points import HookedRootModule, HookPoint, ModuleList
+from glassbox.hook_points import HookedRootModule, HookPoint, TypedModuleList
 from glassbox.loading.arch_llama import rotary_inv_freq
 from glassbox.tokenization import Tokenizer
 from glassbox.transformer.engine import EngineMixin
@@ -133,7 +133,7 @@ class HookedTransformer(PretrainedMixin, WeightsMixin, TokensMixin, EngineMixin,
             self.hook_pos_embed = HookPoint()  # [batch, pos, d_model]
         if cfg.use_hook_tokens:
             self.hook_tokens = HookPoint()  # [batch, pos]
-        self.blocks = ModuleList([TransformerBlock(cfg, i) for i in range(cfg.n_layers)])
+        self.blocks = TypedModuleList([TransformerBlock(cfg, i) for i in range(cfg.n_layers)])
         kind = final_norm_kind(cfg)
         if kind is not None:
             self.ln_final = make_norm(kind, cfg)

@@ -115,7 +115,7 @@ class ModuleList(Module):
 
     def __getitem__(self, idx: Any) -> Any:
         if isinstance(idx, slice):
-            return ModuleList(self._items[idx])
+            return type(self)(self._items[idx])  # as torch: a slice keeps the list's class
         return self._items[idx]
 
     def __len__(self) -> int:
@@ -124,6 +124,12 @@ class ModuleList(Module):
     def __iter__(self) -> Iterator[Module]:
         return iter(self._items)
 
+
+class TypedModuleList(ModuleList):
+    """The class of ``HookedTransformer.blocks``, as TransformerLens 3.9 names it
+    (``transformer_lens.utilities.typed_module_list.TypedModuleList``, an ``nn.ModuleList`` of
+    one module type): a :class:`ModuleList` in every respect, so that printing a model shows
+    TransformerLens's text exactly."""
 
 
 class _Handle:

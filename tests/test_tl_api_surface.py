@@ -10,6 +10,7 @@ Tolerances: activations and logits ATOL = 1e-4 (fp32, O(1) values); weight-only 
 """
 from __future__ import annotations
 
+import difflib
 import logging
 import warnings
 
@@ -17,6 +18,7 @@ import numpy as np
 import pytest
 
 import glassbox
+import helpers_models as hm
 import tl_surface_fixtures as sf
 from glassbox import HookedTransformer, HookedTransformerConfig
 
@@ -388,10 +390,68 @@ def test_lists_tensors_and_arrays_mix_as_in_tl(gpt2):
     sf.close(rows, ref(torch.cat([toks, toks]))[[1, 0]], ATOL, "list index on the batch axis")
 
 
+def _same_text(ours, theirs, what):
+    a, b = repr(ours), repr(theirs)
+    if a != b:
+        diff = "\n".join(difflib.unified_diff(b.splitlines(), a.splitlines(), "TL", "glassbox", lineterm="", n=1))
+        raise AssertionError(f"{what}: printed text differs from TL's\n{diff[:2000]}")
+
+
 def test_printing_a_model_shows_tls_module_tree(pair):
+    """``print(model)`` is TransformerLens's text, character for character (``TypedModuleList``
+    blocks, ``HookPoint(name=..., N fwd)``, every component's class name), also after the
+    ``set_use_*`` flags add hook points, with hooks attached, and for slices and submodules."""
     gb, ref = pair
-    assert repr(gb) == repr(ref).replace("TypedModuleList", "ModuleList")
-    assert repr(gb.blocks[0].attn) == repr(ref.blocks[0].attn) and repr(gb.embed) == repr(ref.embed)
+    _same_text(gb, ref, "model")
+    assert type(gb.blocks).__name__ == type(ref.blocks).__name__ == "TypedModuleList"
+    _same_text(gb.blocks[1:], ref.blocks[1:], "blocks[1:]")
+    for name in ("embed", "unembed", "ln_final", "blocks"):
+        if hasattr(ref, name):
+            _same_text(getattr(gb, name), getattr(ref, name), name)
+    _same_text(gb.blocks[0].attn, ref.blocks[0].attn, "blocks.0.attn")
+    _same_text(gb.blocks[-1].mlp, ref.blocks[-1].mlp, "blocks.-1.mlp")
+    flags = ["set_use_attn_result", "set_use_split_qkv_input", "set_use_hook_mlp_in"]
+    if ref.cfg.n_key_value_heads is None:  # both refuse attn_in with grouped-query attention
+        flags.append("set_use_attn_in")
+    for flag in flags:
+        try:
+            getattr(gb, flag)(True)
+            getattr(ref, flag)(True)
+            _same_text(gb, ref, f"model after {flag}(True)")
+        finally:
+            getattr(gb, flag)(False)
+            getattr(ref, flag)(False)
+
+    def noop(t, hook):
+        return None
+
+    try:
+        for m in (gb, ref):
+            m.add_hook("blocks.0.hook_resid_pre", noop)
+            m.add_hook("blocks.0.hook_resid_pre", noop)
+            m.add_hook("blocks.1.attn.hook_pattern", noop)
+        _same_text(gb, ref, "model with hooks")
+        _same_text(gb.hook_dict["blocks.0.hook_resid_pre"], ref.hook_dict["blocks.0.hook_resid_pre"], "hooked HookPoint")
+    finally:
+        gb.reset_hooks()
+        ref.reset_hooks()
+    _same_text(gb, ref, "model after reset_hooks")
+
+
+def test_printing_an_unprocessed_model_shows_tls_module_tree(zoo):
+    """Without weight processing the norms keep their weights (``LayerNorm``, not
+    ``LayerNormPre``): the printed tree is still TransformerLens's."""
+    _same_text(zoo.gb(hm.GPT2_ODD, processed=False), zoo.tl(hm.GPT2_ODD, processed=False), "unprocessed GPT-2")
+
+
+def test_typed_module_list_is_importable_from_tls_path(gpt2):
+    from glassbox.hook_points import ModuleList
+    from glassbox.utilities.typed_module_list import TypedModuleList
+
+    gb, _ = gpt2
+    assert isinstance(gb.blocks, TypedModuleList) and isinstance(gb.blocks, ModuleList)
+    assert isinstance(gb.blocks[:2], TypedModuleList) and len(gb.blocks[:2]) == 2
+    assert gb.blocks[1] is list(gb.blocks)[1]
 
 
 def test_tokenizer_quirks_the_demos_use(gpt2):

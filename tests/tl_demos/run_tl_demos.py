@@ -19,7 +19,7 @@ IPython shell (so ``get_ipython()``, magics and ``display`` behave as in Jupyter
   nowhere else.
 
 Comparison: text must be equal once numbers are taken out (``transformer_lens`` in module paths
-is read as ``glassbox``, TL's ``TypedModuleList`` as ``ModuleList``; autograd annotations — ``grad_fn=<…>``, ``requires_grad=True`` — are ignored,
+is read as ``glassbox``; autograd annotations — ``grad_fn=<…>``, ``requires_grad=True`` — are ignored,
 glassbox has no autograd); numbers match with ``rtol=1e-3`` (plus ``atol=1e-5``, and one unit of
 the last printed digit for rounded prints); arrays likewise, elementwise, with an absolute slack of
 1e-4 of the array's largest magnitude. Cells that need
@@ -319,7 +319,24 @@ def _drop_editable_finders() -> None:
     sys.meta_path[:] = [f for f in sys.meta_path if not getattr(f, "__module__", "").startswith("__editable__")]
 
 
-def worker(nb_path: Path, nb_name: str, lib: str, out_path: Path, stub_dir: Path, run_slow: bool = False) -> None:
+def parse_cells(spec: str) -> Optional[set]:
+    """``"0-11,14"`` -> {0, ..., 11, 14}; ``""`` -> None (every cell)."""
+    if not spec:
+        return None
+    out = set()
+    for part in spec.split(","):
+        part = part.strip()
+        if not part:
+            continue
+        lo, _, hi = part.partition("-")
+        if not lo.isdigit() or (hi and not hi.isdigit()):
+            raise ValueError(f"--cells: {part!r} is not an index or a range like 0-11")
+        out.update(range(int(lo), int(hi or lo) + 1))
+    return out
+
+
+def worker(nb_path: Path, nb_name: str, lib: str, out_path: Path, stub_dir: Path, run_slow: bool = False,
+           only_cells: Optional[set] = None) -> None:
     _drop_editable_finders()
     os.environ["GITHUB_ACTIONS"] = "true"
     sys.path.insert(0, str(HERE))
@@ -340,7 +357,11 @@ def worker(nb_path: Path, nb_name: str, lib: str, out_path: Path, stub_dir: Path
             rec.update(status="excluded", reason=reason)
             records.append(rec)
             continue
-        if not run_slow and (nb_name, idx) in SLOW:
+        if only_cells is not None and idx not in only_cells:
+            rec.update(status="skipped", reason="not among --cells")
+            records.append(rec)
+            continue
+        if not run_slow and only_cells is None and (nb_name, idx) in SLOW:
             rec.update(status="skipped", reason=SLOW[(nb_name, idx)])
             records.append(rec)
             continue
@@ -387,7 +408,7 @@ _AUTOGRAD = re.compile(r",\s*(grad_fn=<\w+>|requires_grad=True)")
 
 def _split_numbers(text: str) -> Tuple[str, List[Tuple[float, float]]]:
     """Text with numbers replaced by '#', and each number with the size of its last digit."""
-    text = text.replace("transformer_lens", "glassbox").replace("TypedModuleList", "ModuleList")
+    text = text.replace("transformer_lens", "glassbox")
     text = _AUTOGRAD.sub("", text)  # glassbox has no autograd: its tensors never carry a grad_fn
     text = _HEX.sub("0x?", text)
     nums = []
@@ -573,11 +594,14 @@ def main() -> None:
     ap.add_argument("--report", action="store_true", help="only print the comparison")
     ap.add_argument("--timeout", type=int, default=4 * 3600)
     ap.add_argument("--all", action="store_true", help="also run the slow cells (see SLOW)")
+    ap.add_argument("--cells", default="", help="run only these code cells, e.g. 0-11,14 (slow ones "
+                    "included; the rest are recorded as skipped) -- use a separate --out")
     ap.add_argument("--worker", nargs=4, metavar=("NB_PATH", "NB_NAME", "LIB", "OUT"), help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.worker:
         nb_path, nb_name, lib, out = a.worker
-        worker(Path(nb_path), nb_name, lib, Path(out), a.out / "stubs", run_slow=a.all)
+        worker(Path(nb_path), nb_name, lib, Path(out), a.out / "stubs", run_slow=a.all,
+               only_cells=parse_cells(a.cells))
         return
     names = [n for n in a.only.split(",") if n] or NOTEBOOKS
     a.out.mkdir(parents=True, exist_ok=True)
@@ -591,7 +615,8 @@ def main() -> None:
                 out = a.out / f"{nb}.{lib}{a.suffix if lib == 'gb' else ''}.json"
                 if a.reuse and out.exists() and json.loads(out.read_text()).get("complete"):
                     continue
-                cmd = [sys.executable, str(Path(__file__).resolve()), "--out", str(a.out)] + (["--all"] if a.all else []) + [
+                cmd = [sys.executable, str(Path(__file__).resolve()), "--out", str(a.out)] + (["--all"] if a.all else []) + (
+                       [f"--cells={a.cells}"] if a.cells else []) + [
                        "--worker", str(a.notebooks / f"{nb}.ipynb"), nb, lib, str(out)]
                 try:
                     subprocess.run(cmd, env=env, timeout=a.timeout, check=False)

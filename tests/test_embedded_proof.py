@@ -9,7 +9,8 @@ known to have, and the causal checks confirm them (issue 7, "proof on the embedd
   -> "swap"-corrupted IOI prompts) localises the heads that carry the IOI answer: the head it
   ranks first is the one whose single-head mean ablation costs the most logit difference, the
   top-3 of both rankings share >= 2 heads, the rankings agree over all 12 heads (Spearman
-  >= 0.6), and mean-ablating the top-3 together breaks the task while 3 other heads do not;
+  >= 0.6), and mean-ablating the top-3 together costs >= 40% of the logit difference and more
+  (by > 1 nat, and in accuracy) than any of 8 random triples of the other heads;
 * (c) **causal scrubbing** (``glassbox.causal_scrubbing``) of the induction circuit (previous-token
   heads -> induction head by K-composition, on the repeated half) recovers >= 0.8 of the loss
   with the true previous-token heads and <= 0.5 with the wrong ones, on every seed;
@@ -199,7 +200,7 @@ def test_gpt2_has_no_induction_head():
 
 
 # ------------------------------------------------------------------ (c) causal scrubbing
-def induction_circuit(ind_head, prev_heads, n_pos: int):
+def induction_circuit(ind_head, prev_heads):
     """The K-composition induction circuit as a causal-scrubbing hypothesis, on ``BOS + x + x``.
 
     At the repeated half, the induction head's output (into the logits, and into the MLP of its
@@ -230,8 +231,8 @@ def test_causal_scrubbing_true_vs_wrong_induction_circuit(name):
     assert ind[0] == m.cfg.n_layers - 1  # the hypothesis below is written for a last-layer head
     wrong = [x for x in _heads(m) if x[0] < ind[0] and x not in prev]  # every other earlier head
     scrubber = cs.CausalScrubber(m, toks, metric=cs.loss_metric(positions=slice(1 + SEQ_LEN, P - 1)))
-    true_r = scrubber.scrub(induction_circuit(ind, prev, P), seeds=3)
-    wrong_r = scrubber.scrub(induction_circuit(ind, wrong, P), seeds=3)
+    true_r = scrubber.scrub(induction_circuit(ind, prev), seeds=3)
+    wrong_r = scrubber.scrub(induction_circuit(ind, wrong), seeds=3)
     assert true_r.metric_model < 1.0 < true_r.metric_random  # a behaviour worth explaining
     t, w = true_r.fraction_recovered_per_seed, wrong_r.fraction_recovered_per_seed
     for label, r, hs in (("true", true_r, prev), ("wrong", wrong_r, wrong)):

@@ -179,7 +179,7 @@ def to_bf16_bits(x):
 
 
 @pytest.mark.parametrize("isa", ALL)
-@pytest.mark.parametrize("M", [1, 5, 8, 63])
+@pytest.mark.parametrize("M", [1, 3, 4, 5, 8, 63])
 @pytest.mark.parametrize("trans", [False, True])
 @pytest.mark.parametrize("dtype", ["bf16", "f16"])
 def test_half_precision_b(isa, M, trans, dtype):

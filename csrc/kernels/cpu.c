@@ -29,13 +29,32 @@ static volatile int forked_child = 0;
 static void after_fork_in_child(void) { forked_child = 1; }
 #endif
 
+/* glassbox.set_num_threads: 0 = OpenMP's own count (OMP_NUM_THREADS, else the cores).  A
+ * process-wide value, not OpenMP's per-thread ICV, so it holds for kernels called from any
+ * Python thread. */
+static atomic_int thread_override = 0;
+
+int gb_set_max_threads(int n) {
+    if (n < 0) return -1;
+    atomic_store_explicit(&thread_override, n, memory_order_relaxed);
+    return 0;
+}
+
 int gb_max_threads(void) {
 #ifdef _OPENMP
     if (forked_child) return 1;
-    return omp_get_max_threads();
+    const int n = atomic_load_explicit(&thread_override, memory_order_relaxed);
+    return n > 0 ? n : omp_get_max_threads();
 #else
     return 1;
 #endif
+}
+
+int gb_threads_for(int64_t work) {
+    const int max = gb_max_threads();
+    if (max <= 1 || work < ((int64_t)1 << 20)) return 1;
+    const int64_t cap = work >> 20;
+    return cap < max ? (int)cap : max;
 }
 
 int gb_in_forked_child(void) { return forked_child; }

@@ -11,8 +11,8 @@
  *    the panel's K range, by quant.c's decoders; the microkernels only ever
  *    see fp32).  For block types the K blocks are whole quant blocks (KC
  *    rounded down to a multiple of 32 / 256);
- *  - small-M paths for x @ W^T on AVX2 (M <= 4, generation): fp32 W is read
- *    in place; block-type W is decoded 4 rows at a time into a per-thread
+ *  - small-M paths for x @ W^T on AVX2 (M <= 4, generation): fp32 and bf16 W
+ *    are read in place (bf16 widened in registers); block-type W is decoded 4 rows at a time into a per-thread
  *    buffer and fed to the same dot kernel;
  *  - the blocked driver (GotoBLAS/BLIS style) shared by the SIMD paths, which
  *    supply a "panel" function (gemm_avx2.c, gemm_avx512.c) that runs their
@@ -20,7 +20,8 @@
  *
  * Blocking (per ISA: MR x NR register tile, KC depth):
  *   for each K block [k0, k0 + kc)                (sequential, all threads)
- *     parallel for over items (M chunk mc, N panel j), static schedule
+ *     parallel for over items (M chunk mc, N panel j), dynamic schedule (a thread
+ *     descheduled by a busy machine does not hold the others at the barrier)
  *       pack B(k0:k0+kc, j*NR : j*NR+NR) -> per-thread buffer [kc][NR] (L1/L2)
  *       for each MR-row tile of chunk mc: microkernel (kc x NR panel)
  *   The A block of a chunk (rows x kc) stays in L2 while a thread walks its
@@ -131,10 +132,7 @@ static int gemm_scalar_blocks(float *C, int64_t ldc, const float *A, int64_t lda
                               int accumulate) {
     const int64_t K = B->K, N = B->N, rb = block_row_bytes(B);
     const uint8_t *data = (const uint8_t *)B->data;
-    int nthreads = 1;
-#ifdef _OPENMP
-    if (M * N * K > 100000) nthreads = gb_max_threads();
-#endif
+    const int nthreads = gb_threads_for(M * N * K);
     float *rows = malloc((size_t)nthreads * (size_t)K * sizeof(float));
     if (!rows) return -1;
     const gb_stop_flag *stop = gb_stop_token();
@@ -148,7 +146,7 @@ static int gemm_scalar_blocks(float *C, int64_t ldc, const float *A, int64_t lda
 #endif
         float *w = rows + (size_t)tid * (size_t)K;
 #ifdef _OPENMP
-#pragma omp for schedule(static)
+#pragma omp for schedule(dynamic, 16)
 #endif
         for (int64_t n = 0; n < N; n++) {
             if (gb_stop_requested(stop)) continue; /* interrupted: C is discarded */
@@ -180,7 +178,7 @@ static int gemm_scalar(float *C, int64_t ldc, const float *A, int64_t lda,
     if (B->trans) {
         /* B(k, n) = data[n*ld + k]: a dot product along contiguous memory. */
 #ifdef _OPENMP
-#pragma omp parallel for schedule(static) if (M * N * K > 100000) num_threads(gb_max_threads())
+#pragma omp parallel for schedule(static) num_threads(gb_threads_for(M * N * K))
 #endif
         for (int64_t m = 0; m < M; m++) {
             const float *a = A + m * lda;
@@ -198,14 +196,11 @@ static int gemm_scalar(float *C, int64_t ldc, const float *A, int64_t lda,
     }
     /* trans == 0: walk B row by row (contiguous within a group) and keep the
      * per-column sums in a row buffer; same summation order as above. */
-    int nthreads = 1;
-#ifdef _OPENMP
-    nthreads = gb_max_threads();
-#endif
+    const int nthreads = gb_threads_for(M * N * K);
     float *sums = malloc((size_t)nthreads * (size_t)(N > 0 ? N : 1) * sizeof(float));
     if (!sums) return -1;
 #ifdef _OPENMP
-#pragma omp parallel for schedule(static) if (M * N * K > 100000) num_threads(nthreads)
+#pragma omp parallel for schedule(static) num_threads(nthreads)
 #endif
     for (int64_t m = 0; m < M; m++) {
         int tid = 0;
@@ -346,6 +341,29 @@ void gb_gemm_dot_avx2(float *C, int64_t ldc, const float *A, int64_t lda,
                       const float *W, int64_t ldw, int64_t M, int64_t K,
                       int64_t n0, int64_t n1, int accumulate, const float *bias);
 
+void gb_gemm_dot_bf16_avx2(float *C, int64_t ldc, const float *A, int64_t lda,
+                           const uint16_t *W, int64_t ldw, int64_t M, int64_t K,
+                           int64_t n0, int64_t n1, int accumulate, const float *bias);
+
+/* Small-M bf16 x @ W^T on AVX2 (generation with bf16 weights kept as stored): like
+ * gemm_dot_avx2, widening W in registers instead of packing panels of fp32. */
+static int gemm_dot_bf16_avx2(float *C, int64_t ldc, const float *A, int64_t lda,
+                              const gb_matrix *B, const float *bias, int64_t M,
+                              int accumulate) {
+    const int64_t N = B->N, NB = 64, nblocks = (N + NB - 1) / NB;
+    const gb_stop_flag *stop = gb_stop_token();
+#ifdef _OPENMP
+#pragma omp parallel for schedule(dynamic, 1) num_threads(gb_threads_for(M * N * B->K))
+#endif
+    for (int64_t blk = 0; blk < nblocks; blk++) {
+        if (gb_stop_requested(stop)) continue; /* interrupted: C is discarded */
+        const int64_t n0 = blk * NB, n1 = n0 + NB < N ? n0 + NB : N;
+        gb_gemm_dot_bf16_avx2(C, ldc, A, lda, (const uint16_t *)B->data, B->ld, M, B->K, n0,
+                              n1, accumulate, bias);
+    }
+    return 0;
+}
+
 /* Small-M fp32 x @ W^T on AVX2: dot products over column blocks of 64 (no
  * packing, W read once, contiguously).  Each C element is computed by one
  * thread in a fixed order. */
@@ -355,7 +373,7 @@ static int gemm_dot_avx2(float *C, int64_t ldc, const float *A, int64_t lda,
     const int64_t N = B->N, NB = 64, nblocks = (N + NB - 1) / NB;
     const gb_stop_flag *stop = gb_stop_token();
 #ifdef _OPENMP
-#pragma omp parallel for schedule(static) if (M * N * B->K >= 200000) num_threads(gb_max_threads())
+#pragma omp parallel for schedule(dynamic, 1) num_threads(gb_threads_for(M * N * B->K))
 #endif
     for (int64_t blk = 0; blk < nblocks; blk++) {
         if (gb_stop_requested(stop)) continue; /* interrupted: C is discarded */
@@ -376,10 +394,7 @@ static int gemm_dot_blocks_avx2(float *C, int64_t ldc, const float *A, int64_t l
     const int64_t N = B->N, K = B->K, NB = 64, RB = 4, nblocks = (N + NB - 1) / NB;
     const int64_t rb = block_row_bytes(B);
     const uint8_t *data = (const uint8_t *)B->data;
-    int nthreads = 1;
-#ifdef _OPENMP
-    if (M * N * K >= 200000) nthreads = gb_max_threads();
-#endif
+    const int nthreads = gb_threads_for(M * N * K);
     const size_t per_thread = ((size_t)(RB * K) + 15) / 16 * 16; /* 64 B multiples */
     float *bufs = aligned_alloc(64, (size_t)nthreads * per_thread * sizeof(float));
     if (!bufs) return -1;
@@ -394,7 +409,7 @@ static int gemm_dot_blocks_avx2(float *C, int64_t ldc, const float *A, int64_t l
 #endif
         float *w = bufs + (size_t)tid * per_thread;
 #ifdef _OPENMP
-#pragma omp for schedule(static)
+#pragma omp for schedule(dynamic, 1)
 #endif
         for (int64_t blk = 0; blk < nblocks; blk++) {
             if (gb_stop_requested(stop)) continue; /* interrupted: C is discarded */
@@ -451,11 +466,7 @@ __attribute__((unused)) static int gemm_blocked(const gb_gemm_kernel *kern, floa
      * multiple of 32 / 256).  Results do not depend on KC. */
     const int64_t be = gb_dtype_block_elems(B->dtype);
     const int64_t KC = be > 1 ? (kern->kc >= be ? kern->kc / be * be : be) : kern->kc;
-    int nthreads = 1;
-#ifdef _OPENMP
-    nthreads = gb_max_threads();
-    if (M * N * K < 200000) nthreads = 1; /* not worth a fork/join */
-#endif
+    const int nthreads = gb_threads_for(M * N * K);
     const int64_t npanels = ceil_div(N, NR);
     /* M chunks: enough to bound the A block to mc rows, and (when there are
      * few panels) enough to give every thread work.  The partition never
@@ -501,7 +512,7 @@ __attribute__((unused)) static int gemm_blocked(const gb_gemm_kernel *kern, floa
             const float *bias_here = (k0 + kc == K) ? bias : NULL;
             int64_t packed_mc = -1; /* which M chunk abuf holds for this k0 */
 #ifdef _OPENMP
-#pragma omp for schedule(static)
+#pragma omp for schedule(dynamic, 1)
 #endif
             for (int64_t item = 0; item < nitems; item++) {
                 if (gb_stop_requested(stop)) continue; /* interrupted: C is discarded */
@@ -567,6 +578,8 @@ int gb_gemm_isa(gb_isa isa, float *C, int64_t ldc, const float *A, int64_t lda,
         if (!gb_isa_supported(GB_ISA_AVX2)) return -1;
         if (B->trans && B->dtype == GB_F32 && M <= 4)
             return gemm_dot_avx2(C, ldc, A, lda, B, bias, M, accumulate);
+        if (B->trans && B->dtype == GB_BF16 && M <= 4)
+            return gemm_dot_bf16_avx2(C, ldc, A, lda, B, bias, M, accumulate);
         if (is_block(B->dtype) && M <= 4)
             return gemm_dot_blocks_avx2(C, ldc, A, lda, B, bias, M, accumulate);
         return gemm_blocked(&kernel_avx2, C, ldc, A, lda, B, bias, M, accumulate);

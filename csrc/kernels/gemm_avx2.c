@@ -263,6 +263,40 @@ void gb_gemm_dot_bf16_avx2(float *C, int64_t ldc, const float *A, int64_t lda,
     }
 }
 
+/* Small-M x @ W with fp32 W in the TransformerLens layout, columns [n0, n0 + nb) of one group
+ * of B (contiguous in n: B(k, n0 + j) = Bg[k * ldb + j]), rows of A <= 4: the rows' nb
+ * outputs accumulate in `acc` ([4][nb], 32-byte aligned, in L1/L2) while B streams by k in
+ * contiguous runs of nb floats (no packing, no strided column reads).  Each C element is one
+ * FMA chain over k in increasing order, whatever the block, thread or M. */
+void gb_gemm_rows_plain_avx2(float *C, int64_t ldc, const float *A, int64_t lda,
+                             const float *Bg, int64_t ldb, int64_t M, int64_t K, int64_t nb,
+                             int accumulate, const float *bias, float *acc) {
+    const int64_t nv = nb / 8 * 8, lacc = (nb + 7) / 8 * 8;
+    for (int64_t r = 0; r < M; r++)
+        for (int64_t j = 0; j < nb; j++) acc[r * lacc + j] = 0.0f;
+    for (int64_t k = 0; k < K; k++) {
+        const float *b = Bg + k * ldb;
+        for (int64_t r = 0; r < M; r++) {
+            const float ar = A[r * lda + k];
+            const __m256 av = _mm256_set1_ps(ar);
+            float *c = acc + r * lacc;
+            int64_t j = 0;
+            for (; j < nv; j += 8)
+                _mm256_store_ps(c + j, _mm256_fmadd_ps(av, _mm256_loadu_ps(b + j), _mm256_load_ps(c + j)));
+            for (; j < nb; j++) {
+                float bj;
+                memcpy(&bj, (const char *)b + j * (int64_t)sizeof bj, sizeof bj);
+                c[j] = __builtin_fmaf(ar, bj, c[j]);
+            }
+        }
+    }
+    for (int64_t r = 0; r < M; r++)
+        for (int64_t j = 0; j < nb; j++) {
+            float out = accumulate ? C[r * ldc + j] + acc[r * lacc + j] : acc[r * lacc + j];
+            C[r * ldc + j] = bias ? out + bias[j] : out;
+        }
+}
+
 /* ------------------------------------------------ GGUF block decoders */
 /* AVX2 versions of quant.c's reference decoders (see the format notes
  * there): the same fp32 operations in the same order, 8 lanes at a time

@@ -14,8 +14,10 @@ worker's environment):
 * ``cache_all``        ``run_with_cache()`` with every hook (glassbox, TransformerLens)
 * ``cache_one``        ``run_with_cache(names_filter=<one resid_post>)``
 * ``hook_patch``       ``run_with_hooks`` with one hook replacing one position of resid_pre
-* ``sweep_resid``      ``patching.get_act_patch_resid_pre`` on a short prompt pair
-* ``sweep_head_pos``   ``patching.get_act_patch_attn_head_out_by_pos`` on a shorter pair
+* ``sweep_resid``      ``patching.get_act_patch_resid_pre`` on an 8-token prompt pair
+                       (n_layers x 8 patched runs: 96 on gpt2)
+* ``sweep_head_pos``   ``patching.get_act_patch_attn_head_out_by_pos`` on its first 4 tokens
+                       (n_layers x 4 x n_heads patched runs: 576 on gpt2)
 * ``generate``         64 new tokens, greedy, KV cache on for everyone, no early stop
 
 Models: ``gpt2`` (gpt2-small shape, random weights; 1x256 and 8x128 tokens), ``smollm2-gguf``
@@ -168,7 +170,7 @@ def _inputs(model_name: str, vocab: int):
     rng = np.random.default_rng(0)
     shapes = {"gpt2": [(1, 256), (8, 128)], "llama1b-bf16": [(1, 128)]}.get(model_name, [(1, 256)])
     toks = {f"{b}x{p}": rng.integers(100, min(vocab, 20000), size=(b, p), dtype=np.int64) for b, p in shapes}
-    sweep = 16 if model_name == "gpt2" else 8
+    sweep = 8  # resid_pre sweep: n_layers x 8 patched runs; the head sweep uses the first 4
     clean = rng.integers(100, min(vocab, 20000), size=(1, sweep), dtype=np.int64)
     corrupt = clean.copy()
     corrupt[0, 2] = (corrupt[0, 2] + 17) % min(vocab, 20000)
@@ -241,10 +243,10 @@ def make_lens_contender(lib: str, model, model_name: str, toks, clean, corrupt, 
 
     def sweep_head_pos():
         with ctx():
-            return patching.get_act_patch_attn_head_out_by_pos(model, co[:, :6], clean_cache_short, metric)
+            return patching.get_act_patch_attn_head_out_by_pos(model, co[:, :4], clean_cache_short, metric)
 
     with ctx():
-        _, clean_cache_short = model.run_with_cache(cl[:, :6])
+        _, clean_cache_short = model.run_with_cache(cl[:, :4])
     c.fns["sweep_resid"] = sweep_resid
     c.fns["sweep_head_pos"] = sweep_head_pos
     gp = conv(gen_prompt)
@@ -323,7 +325,8 @@ def load_contenders(model_name: str, libs: List[str], scenarios) -> List[Contend
         if lib == "gb":
             from glassbox import HookedTransformer
 
-            model = HookedTransformer.from_pretrained(gb_src)
+            kw = {"dtype": "bfloat16"} if model_name.endswith("-bf16") else {}  # bf16 kept as stored
+            model = HookedTransformer.from_pretrained(gb_src, **kw)
             vocab = model.cfg.d_vocab
             toks, clean, corrupt, gp = _inputs(model_name, vocab)
             c = make_lens_contender("gb", model, model_name, toks, clean, corrupt, gp, scenarios)

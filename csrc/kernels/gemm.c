@@ -591,7 +591,9 @@ __attribute__((unused)) static int gemm_blocked(const gb_gemm_kernel *kern, floa
     const size_t afl = (size_t)(mchunk * KC);
     const size_t sfl = is_block(B->dtype) ? (size_t)KC : 0;
     const size_t per_thread = (afl + sfl + 15) / 16 * 16; /* keep 64 B alignment */
-    float *bufs = aligned_alloc(64, (shared + (size_t)nthreads * per_thread) * sizeof(float));
+    const size_t total = (shared + (size_t)nthreads * per_thread) * sizeof(float);
+    float *owned = NULL, *bufs = gb_workspace(total);
+    if (!bufs) bufs = owned = aligned_alloc(64, (total + 63) / 64 * 64);
     if (!bufs) return -1;
     float *packed = bufs;
     const gb_stop_flag *stop = gb_stop_token();
@@ -671,7 +673,7 @@ __attribute__((unused)) static int gemm_blocked(const gb_gemm_kernel *kern, floa
             }
         }
     }
-    free(bufs);
+    free(owned);
     return 0;
 }
 

@@ -59,6 +59,11 @@ int gb_set_max_threads(int n);
  * otherwise gb_max_threads(), never more than work / 2^20. */
 int gb_threads_for(int64_t work);
 
+/* A 64-byte aligned scratch buffer of >= bytes owned by the calling thread, reused by its
+ * next call (so: never hold it across another call that may use it).  NULL if out of memory
+ * or unsupported: the caller then allocates and frees its own. */
+void *gb_workspace(size_t bytes);
+
 /* ------------------------------------------------------ ceilings (probe.c) */
 /* fp32 FMA throughput of `isa` on `nthreads` threads, `iters` loop steps per thread. */
 int gb_probe_fma(gb_isa isa, int64_t iters, int nthreads, double *gflops, double *checksum);

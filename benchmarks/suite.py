@@ -662,18 +662,24 @@ def add_llama_cpp(res: dict, args, threads: int) -> None:
     env = dict(os.environ, OMP_NUM_THREADS=str(threads))
     cmd = [args.llama_cpp, str(worker_py), "--model", smollm2_gguf(), "--threads", str(threads),
            "--prompt-tokens", "256", "--gen-tokens", str(GEN_TOKENS), "--runs", str(args.runs),
-           "--warmup", str(args.warmup)]
+           "--warmup", str(args.warmup), "--all-logits"]
     try:
         p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=args.timeout)
         out = json.loads(p.stdout.strip().splitlines()[-1])
     except Exception as exc:  # the comparison is optional: say why it is missing
         print(f"  ! llama.cpp worker failed: {exc}")
         return
-    pp = out.get("prompt_s") or out.get("prompt_times")
-    gen = out.get("gen_s") or out.get("gen_times")
+    # prompt processing with every position's logits (what a forward returning
+    # [batch, pos, d_vocab] computes); generation = its 32-token prompt + the decode steps, as
+    # glassbox's generate scenario times them
+    pp = out.get("prompt", {}).get("seconds")
+    gen = out.get("generation", {}).get("seconds")
+    gp = out.get("generation", {}).get("gen_prompt_seconds")
     if pp:
         res["times"].setdefault("forward 1x256", {})["llama.cpp"] = pp
     if gen:
+        if isinstance(gp, list) and len(gp) == len(gen):
+            gen = [a + b for a, b in zip(gen, gp)]
         res["times"].setdefault("generate", {})["llama.cpp"] = gen
     res["llama_cpp"] = out
 

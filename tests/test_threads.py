@@ -129,3 +129,23 @@ def test_omp_num_threads_is_the_default():
                              timeout=120)
         assert out.returncode == 0, out.stderr
         assert out.stdout.strip() == n
+
+
+def test_ceiling_probes():
+    """The suite's in-process ceilings: positive rates, clear errors for bad arguments."""
+    g, check = _C.probe_fma(iters=100_000, threads=1)
+    assert g > 0 and np.isfinite(check)
+    for isa in ISAS:
+        assert _C.probe_fma(iters=10_000, threads=1, isa=isa)[0] > 0
+    buf = np.ones(1 << 16, np.float32)
+    bw, total = _C.probe_read(buf, 1)
+    assert bw > 0 and total == pytest.approx(buf.size)
+    assert _C.probe_read(buf, 2)[1] == pytest.approx(buf.size)
+    with pytest.raises(ValueError, match="iters=0"):
+        _C.probe_fma(iters=0)
+    with pytest.raises(ValueError, match="unknown ISA"):
+        _C.probe_fma(isa="neon")
+    with pytest.raises(TypeError, match="float32"):
+        _C.probe_read(np.ones(10, np.float64))
+    with pytest.raises(ValueError, match="threads=-1"):
+        _C.probe_read(buf, -1)

@@ -23,8 +23,9 @@ process, i.e. summed over threads), never the model load:
   from the same state (empty cache, same prompt) and the worker checks that every run generated
   the same tokens.
 
-Token ids are drawn with ``random.Random(--seed)`` from ``[10, min(20000, n_vocab))``: the same
-ids on every run and every invocation. Prompt and generation runs alternate after ``--warmup``
+Token ids are drawn with ``random.Random(--seed)`` (the generation prompt's with ``--seed + 1``) from ``[10, min(20000, n_vocab))``: the same
+ids on every run and every invocation (``token_ids()`` is importable without llama-cpp-python, so
+glassbox's side of the suite can feed the same ids; the JSON also lists them). Prompt and generation runs alternate after ``--warmup``
 untimed rounds of both. Peak RSS is ``resource.getrusage(RUSAGE_SELF).ru_maxrss`` at the end
 (includes the mmap-ed weights pages that were touched).
 
@@ -204,6 +205,7 @@ def run(a: argparse.Namespace) -> Dict[str, Any]:
     gen = summary(tg_wall, tg_cpu, a.gen_tokens)
     gen.update({
         "prompt_tokens": a.gen_prompt_tokens,
+        "prompt_token_ids": gen_prompt,
         "gen_prompt_seconds": tg_prompt,
         "generated_token_ids": generated[0],
         "identical_across_runs": True,
@@ -229,7 +231,7 @@ def run(a: argparse.Namespace) -> Dict[str, Any]:
         "seed": a.seed,
         "token_id_range": [ID_LOW, min(ID_HIGH, n_vocab)],
         "load_seconds": load_seconds,
-        "prompt": summary(pp_wall, pp_cpu, a.prompt_tokens),
+        "prompt": dict(summary(pp_wall, pp_cpu, a.prompt_tokens), token_ids=prompt),
         "generation": gen,
         "peak_rss_bytes": rss_kib * 1024,
         "peak_rss_mib": rss_kib / 1024,

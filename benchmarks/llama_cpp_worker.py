@@ -23,9 +23,10 @@ process, i.e. summed over threads), never the model load:
   from the same state (empty cache, same prompt) and the worker checks that every run generated
   the same tokens.
 
-Token ids are drawn with ``random.Random(--seed)`` (the generation prompt's with ``--seed + 1``) from ``[10, min(20000, n_vocab))``: the same
-ids on every run and every invocation (``token_ids()`` is importable without llama-cpp-python, so
-glassbox's side of the suite can feed the same ids; the JSON also lists them). Prompt and generation runs alternate after ``--warmup``
+Token ids are drawn with ``random.Random(--seed)`` (the generation prompt's with ``--seed + 1``)
+from ``[10, min(20000, n_vocab))``: the same ids on every run and every invocation
+(``token_ids()`` is importable without llama-cpp-python, so glassbox's side of the suite can feed
+the same ids; the JSON also lists them). Prompt and generation runs alternate after ``--warmup``
 untimed rounds of both. Peak RSS is ``resource.getrusage(RUSAGE_SELF).ru_maxrss`` at the end
 (includes the mmap-ed weights pages that were touched).
 

@@ -380,6 +380,8 @@ def time_interleaved(contenders: List[Contender], runs: int, warmup: int, budget
             # once the budget is spent, and say so in the output (n is recorded)
             if r >= warmup + 2 and time.perf_counter() - t_start > budget_s:
                 break
+        print(f"  {k}: " + ", ".join(f"{n} {statistics.median(v) * 1e3:.0f} ms (n={len(v)})"
+                                     for n, v in times[k].items()), file=sys.stderr, flush=True)
     return times
 
 
@@ -503,14 +505,14 @@ def run_child(argv: List[str], threads: int, timeout: float) -> Optional[dict]:
                OPENBLAS_NUM_THREADS=str(threads), PYTHONWARNINGS="ignore", TOKENIZERS_PARALLELISM="false")
     cmd = [sys.executable, str(Path(__file__).resolve()), *argv, "--threads-one", str(threads)]
     try:
-        p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
+        p = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, stderr=None, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
         print(f"  ! {' '.join(argv)} (threads {threads}) timed out after {timeout:.0f} s", flush=True)
         return None
     for line in p.stdout.splitlines():
         if line.startswith("JSON:"):
             return json.loads(line[5:])
-    print(f"  ! {' '.join(argv)} (threads {threads}) failed:\n{p.stderr[-3000:]}", flush=True)
+    print(f"  ! {' '.join(argv)} (threads {threads}) failed (exit {p.returncode}; its stderr is above)", flush=True)
     return None
 
 

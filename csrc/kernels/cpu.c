@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <stdio.h>
+#include <time.h>
 
 #if defined(__unix__) || defined(__APPLE__)
 #include <pthread.h>
@@ -50,9 +51,46 @@ int gb_max_threads(void) {
 #endif
 }
 
+/* ----------------------------------------------------- busy-machine back-off */
+/* With more runnable threads than cores (another CPU-bound process on a 2-core machine), the
+ * OS deschedules one of our threads for a whole time slice now and then, and every parallel
+ * region ends with a barrier that waits for it: the regions of a forward then cost more than
+ * one thread doing all the work.  The big kernels report, after each region, how long the
+ * calling thread worked and how long it then waited at the closing barrier
+ * (gb_note_barrier_wait); a wait over a quarter of the work it followed (and > 0.5 ms) means a
+ * descheduled thread, and the kernels then use one thread for the next 2 s, after which
+ * they try again.  On an idle machine the waits are microseconds and nothing changes.
+ * GLASSBOX_ADAPTIVE_THREADS=0 turns this off. */
+static atomic_llong busy_until_ns = 0;
+static int adaptive = -1; /* -1: not read yet */
+
+int64_t gb_now_ns(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+void gb_note_barrier_wait(int64_t work_ns, int64_t wait_ns) {
+    if (adaptive < 0) {
+        const char *e = getenv("GLASSBOX_ADAPTIVE_THREADS");
+        adaptive = !(e && e[0] == '0');
+    }
+    if (!adaptive) return;
+    if (wait_ns > 500000 && 4 * wait_ns > work_ns)
+        atomic_store_explicit(&busy_until_ns, gb_now_ns() + 2000000000, memory_order_relaxed);
+}
+
+int gb_machine_busy(void) {
+    const long long until = atomic_load_explicit(&busy_until_ns, memory_order_relaxed);
+    return until != 0 && gb_now_ns() < until;
+}
+
+int gb_team_size(void) { return gb_machine_busy() ? 1 : gb_max_threads(); }
+
 int gb_threads_for(int64_t work) {
     const int max = gb_max_threads();
     if (max <= 1 || work < ((int64_t)1 << 20)) return 1;
+    if (gb_machine_busy()) return 1;
     const int64_t cap = work >> 20;
     return cap < max ? (int)cap : max;
 }

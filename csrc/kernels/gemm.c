@@ -597,6 +597,12 @@ __attribute__((unused)) static int gemm_blocked(const gb_gemm_kernel *kern, floa
     if (!bufs) return -1;
     float *packed = bufs;
     const gb_stop_flag *stop = gb_stop_token();
+    /* busy-machine detection: the calling thread's time in its own items vs the region's
+     * elapsed time (the rest it spent waiting at the barriers for the other threads) */
+    /* (only with enough items that an idle thread means a late one, not a lack of work) */
+    const int timing = nthreads > 1 && nmc * npanels >= 16 * (int64_t)nthreads;
+    const int64_t t_start = timing ? gb_now_ns() : 0;
+    int64_t busy0 = 0;
 
 #ifdef _OPENMP
 #pragma omp parallel num_threads(nthreads)
@@ -625,12 +631,14 @@ __attribute__((unused)) static int gemm_blocked(const gb_gemm_kernel *kern, floa
 #endif
                 for (int64_t gi = 0; gi < ngrp; gi++) {
                     if (gb_stop_requested(stop)) continue; /* interrupted: C is discarded */
+                    const int64_t ti = timing && tid == 0 ? gb_now_ns() : 0;
                     const int64_t j0 = gi * PG, j1 = j0 + PG < np ? j0 + PG : np;
                     const int64_t gn0 = (p0 + j0) * NR, gn1 = (p0 + j1) * NR;
                     if (!direct_ok && B->dtype == GB_F32 && !B->trans && gn1 <= N &&
                         gn0 / B->group == (gn1 - 1) / B->group) {
                         pack_panels_plain_f32(packed + (size_t)j0 * (size_t)(kc * NR), B, k0, kc,
                                               gn0, j1 - j0, NR);
+                        if (ti) busy0 += gb_now_ns() - ti;
                         continue;
                     }
                     for (int64_t j = j0; j < j1; j++) {
@@ -640,6 +648,7 @@ __attribute__((unused)) static int gemm_blocked(const gb_gemm_kernel *kern, floa
                             continue; /* read in place below */
                         pack_panel(packed + (size_t)j * (size_t)(kc * NR), sbuf, B, k0, kc, n0, nr, NR);
                     }
+                    if (ti) busy0 += gb_now_ns() - ti;
                 }
                 /* 2. every (M chunk, panel) of the round, chunk-major so that a thread's
                  *    consecutive items share its packed A block.  Dynamic: when the
@@ -651,6 +660,7 @@ __attribute__((unused)) static int gemm_blocked(const gb_gemm_kernel *kern, floa
 #endif
                 for (int64_t item = 0; item < nmc * np; item++) {
                     if (gb_stop_requested(stop)) continue; /* interrupted: C is discarded */
+                    const int64_t ti = timing && tid == 0 ? gb_now_ns() : 0;
                     const int64_t mc = item / np, j = item % np;
                     const int64_t m0 = mc * mchunk;
                     const int64_t rows = M - m0 < mchunk ? M - m0 : mchunk;
@@ -669,10 +679,12 @@ __attribute__((unused)) static int gemm_blocked(const gb_gemm_kernel *kern, floa
                     }
                     kern->panel(Bp, ldb, kc, nr, abuf, rows, C + m0 * ldc + n0, ldc,
                                 load, bias_here ? bias_here + n0 : NULL);
+                    if (ti) busy0 += gb_now_ns() - ti;
                 }
             }
         }
     }
+    if (timing) gb_note_barrier_wait(busy0, gb_now_ns() - t_start - busy0);
     free(owned);
     return 0;
 }

@@ -58,6 +58,13 @@ int gb_set_max_threads(int n);
  * and with a busy machine a descheduled second thread stalls the first at the barrier),
  * otherwise gb_max_threads(), never more than work / 2^20. */
 int gb_threads_for(int64_t work);
+/* Busy-machine back-off (cpu.c): after a parallel region, the calling thread's work time and
+ * its wait at the closing barrier; a long wait makes gb_threads_for return 1 for 0.5 s. */
+void gb_note_barrier_wait(int64_t work_ns, int64_t wait_ns);
+int gb_machine_busy(void);
+/* The team for a kernel's parallel region: gb_max_threads(), or 1 while the machine is busy. */
+int gb_team_size(void);
+int64_t gb_now_ns(void);
 
 /* A 64-byte aligned scratch buffer of >= bytes owned by the calling thread, reused by its
  * next call (so: never hold it across another call that may use it).  NULL if out of memory

@@ -100,7 +100,7 @@ static void affine(float *out, const float *x, const float *w, const float *b, i
         return;
     }
 #ifdef _OPENMP
-#pragma omp parallel for schedule(static) if (rows * D > 32768) num_threads(gb_max_threads())
+#pragma omp parallel for schedule(static) if (rows * D > 32768) num_threads(gb_team_size())
 #endif
     for (int64_t m = 0; m < rows; m++) {
         const float *xr = x + m * D;
@@ -468,7 +468,7 @@ static int final_stage(gb_state *s) {
     if (c->center_unembed_logits) {
         float *lg = s->run->out;
 #ifdef _OPENMP
-#pragma omp parallel for schedule(static) num_threads(gb_max_threads())
+#pragma omp parallel for schedule(static) num_threads(gb_team_size())
 #endif
         for (int64_t m = 0; m < M; m++) {
             double sum = 0.0;

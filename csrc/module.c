@@ -41,7 +41,88 @@ static PyObject *py_num_threads(PyObject *self, PyObject *noargs) {
     return PyLong_FromLong(gb_max_threads()); /* 1 without OpenMP, and in a forked child */
 }
 
+static PyObject *py_set_num_threads(PyObject *self, PyObject *arg) {
+    if (!PyLong_Check(arg) || PyBool_Check(arg)) {
+        PyErr_Format(PyExc_TypeError, "set_num_threads: n must be an int, got %s",
+                     Py_TYPE(arg)->tp_name);
+        return NULL;
+    }
+    long n = PyLong_AsLong(arg);
+    if (n == -1 && PyErr_Occurred()) return NULL;
+    if (n < 0 || n > 4096) {
+        PyErr_Format(PyExc_ValueError,
+                     "set_num_threads: n=%ld is out of range (1..4096 threads, or 0 for OpenMP's "
+                     "default)", n);
+        return NULL;
+    }
+    gb_set_max_threads((int)n);
+    Py_RETURN_NONE;
+}
+
+static PyObject *py_probe_fma(PyObject *self, PyObject *args, PyObject *kw) {
+    static char *kwlist[] = {"iters", "threads", "isa", NULL};
+    long long iters = 20000000;
+    int threads = 0;
+    const char *isa_name = NULL;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "|Liz:probe_fma", kwlist, &iters, &threads,
+                                     &isa_name))
+        return NULL;
+    gb_isa isa = gb_isa_current();
+    if (isa_name && parse_isa(isa_name, &isa) < 0) return NULL;
+    if (iters < 1 || threads < 0) {
+        PyErr_Format(PyExc_ValueError, "probe_fma: iters=%lld and threads=%d must be positive",
+                     iters, threads);
+        return NULL;
+    }
+    if (!gb_isa_supported(isa)) {
+        PyErr_Format(PyExc_RuntimeError, "probe_fma: ISA '%s' is not supported here",
+                     gb_isa_name(isa));
+        return NULL;
+    }
+    if (threads == 0) threads = gb_max_threads();
+    double gflops = 0.0, check = 0.0;
+    Py_BEGIN_ALLOW_THREADS
+    gb_probe_fma(isa, (int64_t)iters, threads, &gflops, &check);
+    Py_END_ALLOW_THREADS
+    return Py_BuildValue("(dd)", gflops, check);
+}
+
+static PyObject *py_probe_read(PyObject *self, PyObject *args, PyObject *kw) {
+    static char *kwlist[] = {"buffer", "threads", NULL};
+    PyObject *obj;
+    int threads = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "O|i:probe_read", kwlist, &obj, &threads))
+        return NULL;
+    if (!PyArray_Check(obj) || PyArray_TYPE((PyArrayObject *)obj) != NPY_FLOAT32 ||
+        !PyArray_IS_C_CONTIGUOUS((PyArrayObject *)obj)) {
+        PyErr_SetString(PyExc_TypeError, "probe_read: buffer must be a C-contiguous float32 array");
+        return NULL;
+    }
+    if (threads < 0) {
+        PyErr_Format(PyExc_ValueError, "probe_read: threads=%d must be >= 0", threads);
+        return NULL;
+    }
+    if (threads == 0) threads = gb_max_threads();
+    PyArrayObject *a = (PyArrayObject *)obj;
+    const float *p = (const float *)PyArray_DATA(a);
+    const int64_t n = (int64_t)PyArray_SIZE(a);
+    double gbps = 0.0, check = 0.0;
+    Py_BEGIN_ALLOW_THREADS
+    gb_probe_read(p, n, threads, &gbps, &check);
+    Py_END_ALLOW_THREADS
+    return Py_BuildValue("(dd)", gbps, check);
+}
+
 static PyMethodDef base_methods[] = {
+    {"set_num_threads", py_set_num_threads, METH_O,
+     "set_num_threads(n): threads every kernel may use from now on (n >= 1), process-wide;\n"
+     "0 restores OpenMP's count (OMP_NUM_THREADS, else the cores)."},
+    {"probe_fma", (PyCFunction)(void (*)(void))py_probe_fma, METH_VARARGS | METH_KEYWORDS,
+     "probe_fma(iters=2e7, threads=0, isa=None) -> (gflops, checksum): fp32 FMA throughput of\n"
+     "the ISA (default: the one in use) on `threads` threads (0: the kernels' count)."},
+    {"probe_read", (PyCFunction)(void (*)(void))py_probe_read, METH_VARARGS | METH_KEYWORDS,
+     "probe_read(buffer, threads=0) -> (GB/s, checksum): read bandwidth summing a float32\n"
+     "array (make it larger than the last-level cache to measure DRAM)."},
     {"isa", py_isa, METH_NOARGS, "isa() -> str: the SIMD path in use (scalar, avx2, avx512)."},
     {"set_isa", py_set_isa, METH_O, "set_isa(name): force a SIMD path (tests)."},
     {"isa_supported", py_isa_supported, METH_O, "isa_supported(name) -> bool."},

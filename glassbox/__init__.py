@@ -28,6 +28,7 @@ from glassbox import lens, visualization  # noqa: E402,F401
 from glassbox import patching  # noqa: E402,F401
 
 from glassbox.FactoredMatrix import FactoredMatrix  # noqa: E402
+from glassbox.threads import get_num_threads, set_num_threads  # noqa: E402
 
 __version__ = "0.1.0"
 
@@ -55,4 +56,6 @@ __all__ = [
     "get_array_backend",
     "lens",
     "visualization",
+    "set_num_threads",
+    "get_num_threads",
 ]

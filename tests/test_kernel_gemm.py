@@ -114,6 +114,22 @@ def test_plain_layout(isa, M, K, N):
 
 
 @pytest.mark.parametrize("isa", ALL)
+@pytest.mark.parametrize("M", [1, 4, 5, 8])
+@pytest.mark.parametrize("trans", [False, True])
+def test_small_m_wide_n_blocks(isa, M, trans):
+    """Small-M streaming paths with N wider than one column block (8192) and odd, with bias
+    and accumulate: every block boundary and the ragged last block."""
+    r = rng_for("wide", M, trans)
+    K, N = 37, 17001
+    A = r.standard_normal((M, K), dtype=np.float32)
+    B = r.standard_normal((N, K) if trans else (K, N), dtype=np.float32)
+    bias = r.standard_normal(N, dtype=np.float32)
+    check(isa, A, B, trans=trans, bias=bias)
+    acc = r.standard_normal((M, N), dtype=np.float32)
+    check(isa, A, B, trans=trans, bias=bias, C0=acc)
+
+
+@pytest.mark.parametrize("isa", ALL)
 @pytest.mark.parametrize("M", MS)
 @pytest.mark.parametrize("K,N", KN)
 def test_trans_layout_with_bias(isa, M, K, N):
@@ -179,7 +195,7 @@ def to_bf16_bits(x):
 
 
 @pytest.mark.parametrize("isa", ALL)
-@pytest.mark.parametrize("M", [1, 5, 8, 63])
+@pytest.mark.parametrize("M", [1, 3, 4, 5, 8, 63])
 @pytest.mark.parametrize("trans", [False, True])
 @pytest.mark.parametrize("dtype", ["bf16", "f16"])
 def test_half_precision_b(isa, M, trans, dtype):

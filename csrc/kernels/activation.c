@@ -88,7 +88,7 @@ static void act_chunks(float *out, const float *x, const float *up, int64_t n, g
     int64_t nchunks = (n + GB_ACT_CHUNK - 1) / GB_ACT_CHUNK;
     const gb_stop_flag *stop = gb_stop_token();
 #ifdef _OPENMP
-#pragma omp parallel for schedule(static) if (n >= GB_ACT_PAR_MIN) num_threads(gb_max_threads())
+#pragma omp parallel for schedule(static) if (n >= GB_ACT_PAR_MIN) num_threads(gb_team_size())
 #endif
     for (int64_t c = 0; c < nchunks; c++) {
         if (gb_stop_requested(stop)) continue; /* interrupted: the caller discards the result */

@@ -293,7 +293,7 @@ static void run_rows(row_fn fn, const attn_ctx *c, int64_t work) {
     const gb_stop_flag *stop = gb_stop_token();
     (void)work;
 #ifdef _OPENMP
-#pragma omp parallel for schedule(dynamic, 4) if (work >= GB_ATTN_PAR_MIN) num_threads(gb_max_threads())
+#pragma omp parallel for schedule(dynamic, 4) if (work >= GB_ATTN_PAR_MIN) num_threads(gb_team_size())
 #endif
     for (int64_t r = 0; r < R; r++) {
         if (gb_stop_requested(stop)) continue; /* interrupted: the caller discards the result */
@@ -336,7 +336,7 @@ static int attention_blocked(float *z, float *scores, float *pattern, const floa
     const int64_t nqb = (P + QB - 1) / QB, tasks = B * H * nqb;
     int nthreads = 1;
 #ifdef _OPENMP
-    if (tasks > 1 && tasks * QB * K * d >= GB_ATTN_PAR_MIN) nthreads = gb_max_threads();
+    if (tasks > 1 && tasks * QB * K * d >= GB_ATTN_PAR_MIN) nthreads = gb_team_size();
 #endif
     float *buf = (float *)malloc((size_t)(nthreads * QB * K) * sizeof(float));
     if (!buf) return -1;
@@ -429,7 +429,7 @@ int gb_attention(float *z, float *scores, float *pattern, const float *q,
     int64_t nthreads = 1;
     const gb_stop_flag *stop = gb_stop_token();
 #ifdef _OPENMP
-    if (work >= GB_ATTN_PAR_MIN) nthreads = gb_max_threads();
+    if (work >= GB_ATTN_PAR_MIN) nthreads = gb_team_size();
 #endif
     if (!pattern) {
         scratch = (float *)malloc((size_t)(nthreads * s->K) * sizeof(float));

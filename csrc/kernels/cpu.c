@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <stdio.h>
+#include <time.h>
 
 #if defined(__unix__) || defined(__APPLE__)
 #include <pthread.h>
@@ -29,16 +30,115 @@ static volatile int forked_child = 0;
 static void after_fork_in_child(void) { forked_child = 1; }
 #endif
 
+/* glassbox.set_num_threads: 0 = OpenMP's own count (OMP_NUM_THREADS, else the cores).  A
+ * process-wide value, not OpenMP's per-thread ICV, so it holds for kernels called from any
+ * Python thread. */
+static atomic_int thread_override = 0;
+
+int gb_set_max_threads(int n) {
+    if (n < 0) return -1;
+    atomic_store_explicit(&thread_override, n, memory_order_relaxed);
+    return 0;
+}
+
 int gb_max_threads(void) {
 #ifdef _OPENMP
     if (forked_child) return 1;
-    return omp_get_max_threads();
+    const int n = atomic_load_explicit(&thread_override, memory_order_relaxed);
+    return n > 0 ? n : omp_get_max_threads();
 #else
     return 1;
 #endif
 }
 
+/* ----------------------------------------------------- busy-machine back-off */
+/* With more runnable threads than cores (another CPU-bound process on a 2-core machine), the
+ * OS deschedules one of our threads for a whole time slice now and then, and every parallel
+ * region ends with a barrier that waits for it: the regions of a forward then cost more than
+ * one thread doing all the work.  The big kernels report, after each region, how long the
+ * calling thread worked and how long it then waited at the closing barrier
+ * (gb_note_barrier_wait); a wait over a quarter of the work it followed (and > 0.5 ms) means a
+ * descheduled thread, and the kernels then use one thread for the next 2 s, after which
+ * they try again.  On an idle machine the waits are microseconds and nothing changes.
+ * GLASSBOX_ADAPTIVE_THREADS=0 turns this off. */
+static atomic_llong busy_until_ns = 0;
+static int adaptive = -1; /* -1: not read yet */
+
+int64_t gb_now_ns(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+void gb_note_barrier_wait(int64_t work_ns, int64_t wait_ns) {
+    if (adaptive < 0) {
+        const char *e = getenv("GLASSBOX_ADAPTIVE_THREADS");
+        adaptive = !(e && e[0] == '0');
+    }
+    if (!adaptive) return;
+    if (wait_ns > 500000 && 4 * wait_ns > work_ns)
+        atomic_store_explicit(&busy_until_ns, gb_now_ns() + 2000000000, memory_order_relaxed);
+}
+
+int gb_machine_busy(void) {
+    const long long until = atomic_load_explicit(&busy_until_ns, memory_order_relaxed);
+    return until != 0 && gb_now_ns() < until;
+}
+
+int gb_team_size(void) { return gb_machine_busy() ? 1 : gb_max_threads(); }
+
+int gb_threads_for(int64_t work) {
+    const int max = gb_max_threads();
+    if (max <= 1 || work < ((int64_t)1 << 20)) return 1;
+    if (gb_machine_busy()) return 1;
+    const int64_t cap = work >> 20;
+    return cap < max ? (int)cap : max;
+}
+
 int gb_in_forked_child(void) { return forked_child; }
+
+/* ---------------------------------------------------------- GEMM workspace */
+/* One growing, 64-byte aligned buffer per calling thread, kept between calls: a GEMM's packed
+ * B round and A blocks are ~8 MB, and fresh buffers of that size come from mmap, so each call
+ * paid for page faults and the kernel zeroing the pages (12% of a GPT-2 forward in perf).
+ * Freed when the thread exits (pthread key destructor). */
+#ifdef GB_HAVE_ATFORK
+static pthread_key_t ws_key;
+static pthread_once_t ws_once = PTHREAD_ONCE_INIT;
+typedef struct { void *p; size_t n; } gb_ws;
+static void ws_free(void *v) {
+    gb_ws *w = v;
+    if (w) free(w->p);
+    free(w);
+}
+static void ws_init(void) { (void)pthread_key_create(&ws_key, ws_free); }
+#endif
+
+void *gb_workspace(size_t bytes) {
+#ifdef GB_HAVE_ATFORK
+    if (pthread_once(&ws_once, ws_init) != 0) return NULL;
+    gb_ws *w = pthread_getspecific(ws_key);
+    if (!w) {
+        w = calloc(1, sizeof *w);
+        if (!w || pthread_setspecific(ws_key, w) != 0) {
+            free(w);
+            return NULL;
+        }
+    }
+    if (w->n < bytes) {
+        free(w->p);
+        w->n = 0;
+        const size_t n = (bytes + 4095) / 4096 * 4096;
+        w->p = aligned_alloc(64, n);
+        if (!w->p) return NULL;
+        w->n = n;
+    }
+    return w->p;
+#else
+    (void)bytes;
+    return NULL; /* callers fall back to malloc */
+#endif
+}
 
 /* ---------------------------------------------------------------- stop flag */
 static atomic_int stop_flag = 0;

@@ -13,7 +13,7 @@
 void gb_add(float *out, const float *a, const float *b, int64_t n) {
     int64_t nchunks = (n + GB_EW_CHUNK - 1) / GB_EW_CHUNK;
 #ifdef _OPENMP
-#pragma omp parallel for schedule(static) if (n >= GB_EW_PAR_MIN) num_threads(gb_max_threads())
+#pragma omp parallel for schedule(static) if (n >= GB_EW_PAR_MIN) num_threads(gb_team_size())
 #endif
     for (int64_t c = 0; c < nchunks; c++) {
         int64_t lo = c * GB_EW_CHUNK;
@@ -27,7 +27,7 @@ void gb_add(float *out, const float *a, const float *b, int64_t n) {
 void gb_embed(float *out, const float *W_E, const int64_t *tokens, int64_t M,
               int64_t D) {
 #ifdef _OPENMP
-#pragma omp parallel for schedule(static) if (M * D >= GB_EW_PAR_MIN) num_threads(gb_max_threads())
+#pragma omp parallel for schedule(static) if (M * D >= GB_EW_PAR_MIN) num_threads(gb_team_size())
 #endif
     for (int64_t m = 0; m < M; m++)
         memcpy(out + m * D, W_E + tokens[m] * D, (size_t)D * sizeof(float));

@@ -11,8 +11,8 @@
  *    the panel's K range, by quant.c's decoders; the microkernels only ever
  *    see fp32).  For block types the K blocks are whole quant blocks (KC
  *    rounded down to a multiple of 32 / 256);
- *  - small-M paths for x @ W^T on AVX2 (M <= 4, generation): fp32 W is read
- *    in place; block-type W is decoded 4 rows at a time into a per-thread
+ *  - small-M paths for x @ W^T on AVX2 (M <= 4, generation): fp32 and bf16 W
+ *    are read in place (bf16 widened in registers); block-type W is decoded 4 rows at a time into a per-thread
  *    buffer and fed to the same dot kernel;
  *  - the blocked driver (GotoBLAS/BLIS style) shared by the SIMD paths, which
  *    supply a "panel" function (gemm_avx2.c, gemm_avx512.c) that runs their
@@ -20,9 +20,12 @@
  *
  * Blocking (per ISA: MR x NR register tile, KC depth):
  *   for each K block [k0, k0 + kc)                (sequential, all threads)
- *     parallel for over items (M chunk mc, N panel j), static schedule
- *       pack B(k0:k0+kc, j*NR : j*NR+NR) -> per-thread buffer [kc][NR] (L1/L2)
- *       for each MR-row tile of chunk mc: microkernel (kc x NR panel)
+ *     for each round of up to GB_GEMM_NC columns
+ *       parallel: pack B(k0:k0+kc, round's panels) -> shared buffer [np][kc][NR]
+ *       parallel over items (M chunk mc, panel j), dynamic schedule (a thread
+ *       descheduled by a busy machine does not hold the others at the barrier)
+ *         pack A(chunk mc, k0:k0+kc) into the thread's A block when mc changes
+ *         for each MR-row tile of chunk mc: microkernel (kc x NR panel in L1)
  *   The A block of a chunk (rows x kc) stays in L2 while a thread walks its
  *   panels.  Microkernels start their accumulators from C for every K block
  *   after the first, so each C element is one unbroken FMA chain over k:
@@ -131,10 +134,7 @@ static int gemm_scalar_blocks(float *C, int64_t ldc, const float *A, int64_t lda
                               int accumulate) {
     const int64_t K = B->K, N = B->N, rb = block_row_bytes(B);
     const uint8_t *data = (const uint8_t *)B->data;
-    int nthreads = 1;
-#ifdef _OPENMP
-    if (M * N * K > 100000) nthreads = gb_max_threads();
-#endif
+    const int nthreads = gb_threads_for(M * N * K);
     float *rows = malloc((size_t)nthreads * (size_t)K * sizeof(float));
     if (!rows) return -1;
     const gb_stop_flag *stop = gb_stop_token();
@@ -148,7 +148,7 @@ static int gemm_scalar_blocks(float *C, int64_t ldc, const float *A, int64_t lda
 #endif
         float *w = rows + (size_t)tid * (size_t)K;
 #ifdef _OPENMP
-#pragma omp for schedule(static)
+#pragma omp for schedule(dynamic, 16)
 #endif
         for (int64_t n = 0; n < N; n++) {
             if (gb_stop_requested(stop)) continue; /* interrupted: C is discarded */
@@ -180,7 +180,7 @@ static int gemm_scalar(float *C, int64_t ldc, const float *A, int64_t lda,
     if (B->trans) {
         /* B(k, n) = data[n*ld + k]: a dot product along contiguous memory. */
 #ifdef _OPENMP
-#pragma omp parallel for schedule(static) if (M * N * K > 100000) num_threads(gb_max_threads())
+#pragma omp parallel for schedule(static) num_threads(gb_threads_for(M * N * K))
 #endif
         for (int64_t m = 0; m < M; m++) {
             const float *a = A + m * lda;
@@ -198,14 +198,11 @@ static int gemm_scalar(float *C, int64_t ldc, const float *A, int64_t lda,
     }
     /* trans == 0: walk B row by row (contiguous within a group) and keep the
      * per-column sums in a row buffer; same summation order as above. */
-    int nthreads = 1;
-#ifdef _OPENMP
-    nthreads = gb_max_threads();
-#endif
+    const int nthreads = gb_threads_for(M * N * K);
     float *sums = malloc((size_t)nthreads * (size_t)(N > 0 ? N : 1) * sizeof(float));
     if (!sums) return -1;
 #ifdef _OPENMP
-#pragma omp parallel for schedule(static) if (M * N * K > 100000) num_threads(nthreads)
+#pragma omp parallel for schedule(static) num_threads(nthreads)
 #endif
     for (int64_t m = 0; m < M; m++) {
         int tid = 0;
@@ -300,10 +297,19 @@ static void pack_panel(float *restrict dst, float *restrict scratch,
         if (contiguous) {
             const int64_t base = row + off[0];
             switch (dtype) {
-            case GB_F32:
-                memcpy(d, (const char *)data + base * (int64_t)sizeof(float),
-                       (size_t)nr * sizeof(float));
+            case GB_F32: {
+                /* an inline copy: nr <= 64 floats, and a memcpy call per row of the panel
+                 * cost 16% of a GEMM */
+                const char *src = (const char *)data + base * (int64_t)sizeof(float);
+                if (nr == 16) {
+                    float t[16];
+                    memcpy(t, src, sizeof t); /* fixed size: inlined as vector moves */
+                    memcpy(d, t, sizeof t);
+                } else {
+                    for (int64_t j = 0; j < nr; j++) d[j] = ld_f32(src, j);
+                }
                 break;
+            }
             case GB_BF16:
                 for (int64_t j = 0; j < nr; j++) d[j] = bf16_to_f32(ld_u16(data, base + j));
                 break;
@@ -313,6 +319,29 @@ static void pack_panel(float *restrict dst, float *restrict scratch,
             }
         } else {
             for (int64_t j = 0; j < nr; j++) d[j] = load_elem(data, dtype, row + off[j]);
+        }
+    }
+}
+
+/* `np` full panels of a plain fp32 B whose columns [n0, n0 + np * NR) lie in one group:
+ * row by row, so that B is read in contiguous runs of np * NR floats (packing one panel at a
+ * time reads NR floats per row at a stride of ld, which the prefetchers serve poorly: 10% of
+ * a GEMM's time at 2.5 GB/s).  Same result as np calls of pack_panel. */
+static void pack_panels_plain_f32(float *restrict dst, const gb_matrix *B, int64_t k0,
+                                  int64_t kc, int64_t n0, int64_t np, int64_t NR) {
+    const char *base = (const char *)B->data +
+                       ((n0 / B->group) * B->group_stride + (n0 % B->group)) * (int64_t)sizeof(float);
+    for (int64_t k = 0; k < kc; k++) {
+        const char *src = base + (k0 + k) * B->ld * (int64_t)sizeof(float);
+        for (int64_t p = 0; p < np; p++) {
+            float *d = dst + p * kc * NR + k * NR;
+            if (NR == 16) {
+                float t[16];
+                memcpy(t, src + p * 16 * (int64_t)sizeof(float), sizeof t);
+                memcpy(d, t, sizeof t);
+            } else {
+                for (int64_t j = 0; j < NR; j++) d[j] = ld_f32(src, p * NR + j);
+            }
         }
     }
 }
@@ -346,6 +375,85 @@ void gb_gemm_dot_avx2(float *C, int64_t ldc, const float *A, int64_t lda,
                       const float *W, int64_t ldw, int64_t M, int64_t K,
                       int64_t n0, int64_t n1, int accumulate, const float *bias);
 
+void gb_gemm_dot_bf16_avx2(float *C, int64_t ldc, const float *A, int64_t lda,
+                           const uint16_t *W, int64_t ldw, int64_t M, int64_t K,
+                           int64_t n0, int64_t n1, int accumulate, const float *bias);
+
+/* Small-M bf16 x @ W^T on AVX2 (generation with bf16 weights kept as stored): like
+ * gemm_dot_avx2, widening W in registers instead of packing panels of fp32. */
+static int gemm_dot_bf16_avx2(float *C, int64_t ldc, const float *A, int64_t lda,
+                              const gb_matrix *B, const float *bias, int64_t M,
+                              int accumulate) {
+    const int64_t N = B->N, NB = 64, nblocks = (N + NB - 1) / NB;
+    const gb_stop_flag *stop = gb_stop_token();
+#ifdef _OPENMP
+#pragma omp parallel for schedule(dynamic, 1) num_threads(gb_threads_for(M * N * B->K))
+#endif
+    for (int64_t blk = 0; blk < nblocks; blk++) {
+        if (gb_stop_requested(stop)) continue; /* interrupted: C is discarded */
+        const int64_t n0 = blk * NB, n1 = n0 + NB < N ? n0 + NB : N;
+        for (int64_t m0 = 0; m0 < M; m0 += 4) /* rows in fours: W is read once per four */
+            gb_gemm_dot_bf16_avx2(C + m0 * ldc, ldc, A + m0 * lda, lda, (const uint16_t *)B->data,
+                                  B->ld, M - m0 < 4 ? M - m0 : 4, B->K, n0, n1, accumulate, bias);
+    }
+    return 0;
+}
+
+void gb_gemm_rows_plain_avx2(float *C, int64_t ldc, const float *A, int64_t lda,
+                             const float *Bg, int64_t ldb, int64_t M, int64_t K, int64_t nb,
+                             int accumulate, const float *bias, float *acc);
+
+/* Small-M fp32 x @ W with W in the [K, N] layout (TransformerLens's W_in, W_out, W_U and the
+ * per-head [H, d_model, d_head] panels: B->group columns contiguous per row).  Work items are
+ * column blocks inside one group, as wide as possible (each thread then streams long
+ * contiguous runs of every row of B: the whole row when it fits the block cap) but at least
+ * one per thread; rows of A in fours. */
+#define GB_PLAIN_NB_MAX 8192 /* floats per row of a block: 4 x 32 KB of accumulators */
+static int gemm_rows_plain_avx2(float *C, int64_t ldc, const float *A, int64_t lda,
+                                const gb_matrix *B, const float *bias, int64_t M,
+                                int accumulate) {
+    const int64_t N = B->N, K = B->K, G = B->group < N ? B->group : N;
+    const int nthreads = gb_threads_for(M * N * K);
+    const int64_t ngroups = (N + G - 1) / G;
+    int64_t nb = G;
+    if (ngroups < nthreads) nb = (G + nthreads - 1) / nthreads;
+    if (nb > GB_PLAIN_NB_MAX) nb = GB_PLAIN_NB_MAX;
+    nb = (nb + 7) / 8 * 8;
+    const int64_t per_group = (G + nb - 1) / nb, items = ngroups * per_group;
+    float *bufs = aligned_alloc(64, (size_t)nthreads * 4 * (size_t)nb * sizeof(float));
+    if (!bufs) return -1;
+    const gb_stop_flag *stop = gb_stop_token();
+#ifdef _OPENMP
+#pragma omp parallel num_threads(nthreads)
+#endif
+    {
+        int tid = 0;
+#ifdef _OPENMP
+        tid = omp_get_thread_num();
+#endif
+        float *acc = bufs + (size_t)tid * 4 * (size_t)nb;
+#ifdef _OPENMP
+#pragma omp for schedule(dynamic, 1)
+#endif
+        for (int64_t it = 0; it < items; it++) {
+            if (gb_stop_requested(stop)) continue; /* interrupted: C is discarded */
+            const int64_t g = it / per_group, j0 = (it % per_group) * nb;
+            const int64_t gcols = N - g * G < G ? N - g * G : G;
+            if (j0 >= gcols) continue;
+            const int64_t w = gcols - j0 < nb ? gcols - j0 : nb;
+            const int64_t n0 = g * G + j0;
+            const float *Bg = (const float *)B->data + g * B->group_stride + j0;
+            for (int64_t m0 = 0; m0 < M; m0 += 4) {
+                const int64_t mr = M - m0 < 4 ? M - m0 : 4;
+                gb_gemm_rows_plain_avx2(C + m0 * ldc + n0, ldc, A + m0 * lda, lda, Bg, B->ld, mr,
+                                        K, w, accumulate, bias ? bias + n0 : NULL, acc);
+            }
+        }
+    }
+    free(bufs);
+    return 0;
+}
+
 /* Small-M fp32 x @ W^T on AVX2: dot products over column blocks of 64 (no
  * packing, W read once, contiguously).  Each C element is computed by one
  * thread in a fixed order. */
@@ -355,13 +463,14 @@ static int gemm_dot_avx2(float *C, int64_t ldc, const float *A, int64_t lda,
     const int64_t N = B->N, NB = 64, nblocks = (N + NB - 1) / NB;
     const gb_stop_flag *stop = gb_stop_token();
 #ifdef _OPENMP
-#pragma omp parallel for schedule(static) if (M * N * B->K >= 200000) num_threads(gb_max_threads())
+#pragma omp parallel for schedule(dynamic, 1) num_threads(gb_threads_for(M * N * B->K))
 #endif
     for (int64_t blk = 0; blk < nblocks; blk++) {
         if (gb_stop_requested(stop)) continue; /* interrupted: C is discarded */
         const int64_t n0 = blk * NB, n1 = n0 + NB < N ? n0 + NB : N;
-        gb_gemm_dot_avx2(C, ldc, A, lda, (const float *)B->data, B->ld, M, B->K, n0,
-                         n1, accumulate, bias);
+        for (int64_t m0 = 0; m0 < M; m0 += 4) /* rows in fours: W is read once per four */
+            gb_gemm_dot_avx2(C + m0 * ldc, ldc, A + m0 * lda, lda, (const float *)B->data, B->ld,
+                             M - m0 < 4 ? M - m0 : 4, B->K, n0, n1, accumulate, bias);
     }
     return 0;
 }
@@ -376,10 +485,7 @@ static int gemm_dot_blocks_avx2(float *C, int64_t ldc, const float *A, int64_t l
     const int64_t N = B->N, K = B->K, NB = 64, RB = 4, nblocks = (N + NB - 1) / NB;
     const int64_t rb = block_row_bytes(B);
     const uint8_t *data = (const uint8_t *)B->data;
-    int nthreads = 1;
-#ifdef _OPENMP
-    if (M * N * K >= 200000) nthreads = gb_max_threads();
-#endif
+    const int nthreads = gb_threads_for(M * N * K);
     const size_t per_thread = ((size_t)(RB * K) + 15) / 16 * 16; /* 64 B multiples */
     float *bufs = aligned_alloc(64, (size_t)nthreads * per_thread * sizeof(float));
     if (!bufs) return -1;
@@ -394,7 +500,7 @@ static int gemm_dot_blocks_avx2(float *C, int64_t ldc, const float *A, int64_t l
 #endif
         float *w = bufs + (size_t)tid * per_thread;
 #ifdef _OPENMP
-#pragma omp for schedule(static)
+#pragma omp for schedule(dynamic, 1)
 #endif
         for (int64_t blk = 0; blk < nblocks; blk++) {
             if (gb_stop_requested(stop)) continue; /* interrupted: C is discarded */
@@ -404,8 +510,10 @@ static int gemm_dot_blocks_avx2(float *C, int64_t ldc, const float *A, int64_t l
                 for (int64_t i = 0; i < r; i++)
                     gb_dequantize_row_isa(GB_ISA_AVX2, w + i * K, data + (n0 + i) * rb,
                                           B->dtype, K);
-                gb_gemm_dot_avx2(C + n0, ldc, A, lda, w, K, M, K, 0, r, accumulate,
-                                 bias ? bias + n0 : NULL);
+                for (int64_t m0 = 0; m0 < M; m0 += 4)
+                    gb_gemm_dot_avx2(C + m0 * ldc + n0, ldc, A + m0 * lda, lda, w, K,
+                                     M - m0 < 4 ? M - m0 : 4, K, 0, r, accumulate,
+                                     bias ? bias + n0 : NULL);
             }
         }
     }
@@ -442,6 +550,11 @@ static void pack_a(float *restrict dst, const float *A, int64_t lda,
     }
 }
 
+/* Columns of B packed per round: the K block's panels for NC columns are packed once into a
+ * buffer shared by the threads (kc x NC floats: 6 MB at kc = 384), then every M chunk runs
+ * against them.  Packing per (M chunk, panel) instead would read B once per M chunk. */
+#define GB_GEMM_NC 4096
+
 __attribute__((unused)) static int gemm_blocked(const gb_gemm_kernel *kern, float *C, int64_t ldc,
                         const float *A, int64_t lda, const gb_matrix *B,
                         const float *bias, int64_t M, int accumulate) {
@@ -451,22 +564,19 @@ __attribute__((unused)) static int gemm_blocked(const gb_gemm_kernel *kern, floa
      * multiple of 32 / 256).  Results do not depend on KC. */
     const int64_t be = gb_dtype_block_elems(B->dtype);
     const int64_t KC = be > 1 ? (kern->kc >= be ? kern->kc / be * be : be) : kern->kc;
-    int nthreads = 1;
-#ifdef _OPENMP
-    nthreads = gb_max_threads();
-    if (M * N * K < 200000) nthreads = 1; /* not worth a fork/join */
-#endif
+    const int nthreads = gb_threads_for(M * N * K);
     const int64_t npanels = ceil_div(N, NR);
-    /* M chunks: enough to bound the A block to mc rows, and (when there are
-     * few panels) enough to give every thread work.  The partition never
-     * changes results, only who computes what. */
+    const int64_t NCP = GB_GEMM_NC / NR; /* panels per packing round */
+    const int64_t round_panels = npanels < NCP ? npanels : NCP;
+    /* M chunks: enough to bound the A block to mc rows (it stays in L2 while a B panel
+     * sits in L1), and (when there are few panels) enough to give every thread work.  The
+     * partition never changes results, only who computes what. */
     int64_t nmc = ceil_div(M, kern->mc);
-    const int64_t want = ceil_div(2 * (int64_t)nthreads, npanels);
+    const int64_t want = ceil_div(2 * (int64_t)nthreads, round_panels);
     if (nmc < want) nmc = want;
     if (nmc > ceil_div(M, MR)) nmc = ceil_div(M, MR);
     const int64_t mchunk = ceil_div(ceil_div(M, nmc), MR) * MR;
     nmc = ceil_div(M, mchunk);
-    const int64_t nitems = nmc * npanels;
 
     /* Small M: a plain fp32 [K, N] (or in-group) panel can be read in place
      * (row stride ld) by a single pass of the microkernel, so packing would
@@ -474,15 +584,25 @@ __attribute__((unused)) static int gemm_blocked(const gb_gemm_kernel *kern, floa
      * aligned, no cache-set conflicts from a power-of-two-ish ld). */
     const int direct_ok = M <= MR && B->dtype == GB_F32 && !B->trans;
 
-    /* Per thread, 64-byte aligned: a B panel [KC][NR], an A block
-     * [mchunk][KC] (packed as MR-row micro-panels) and, for block types, a
-     * KC-float row decode buffer. */
-    const size_t bfl = (size_t)(KC * NR), afl = (size_t)(mchunk * KC);
+    /* Shared: the packed panels of one round [round_panels][KC][NR].  Per thread, 64-byte
+     * aligned: an A block [mchunk][KC] (packed as MR-row micro-panels) and, for block
+     * types, a KC-float row decode buffer. */
+    const size_t shared = (size_t)round_panels * (size_t)(KC * NR);
+    const size_t afl = (size_t)(mchunk * KC);
     const size_t sfl = is_block(B->dtype) ? (size_t)KC : 0;
-    const size_t per_thread = (bfl + afl + sfl + 15) / 16 * 16; /* keep 64 B alignment */
-    float *bufs = aligned_alloc(64, (size_t)nthreads * per_thread * sizeof(float));
+    const size_t per_thread = (afl + sfl + 15) / 16 * 16; /* keep 64 B alignment */
+    const size_t total = (shared + (size_t)nthreads * per_thread) * sizeof(float);
+    float *owned = NULL, *bufs = gb_workspace(total);
+    if (!bufs) bufs = owned = aligned_alloc(64, (total + 63) / 64 * 64);
     if (!bufs) return -1;
+    float *packed = bufs;
     const gb_stop_flag *stop = gb_stop_token();
+    /* busy-machine detection: the calling thread's time in its own items vs the region's
+     * elapsed time (the rest it spent waiting at the barriers for the other threads) */
+    /* (only with enough items that an idle thread means a late one, not a lack of work) */
+    const int timing = nthreads > 1 && nmc * npanels >= 16 * (int64_t)nthreads;
+    const int64_t t_start = timing ? gb_now_ns() : 0;
+    int64_t busy0 = 0;
 
 #ifdef _OPENMP
 #pragma omp parallel num_threads(nthreads)
@@ -492,49 +612,80 @@ __attribute__((unused)) static int gemm_blocked(const gb_gemm_kernel *kern, floa
 #ifdef _OPENMP
         tid = omp_get_thread_num();
 #endif
-        float *bbuf = bufs + (size_t)tid * per_thread;
-        float *abuf = bbuf + bfl;
+        float *abuf = bufs + shared + (size_t)tid * per_thread;
         float *sbuf = abuf + afl;
         for (int64_t k0 = 0; k0 < K; k0 += KC) {
             const int64_t kc = K - k0 < KC ? K - k0 : KC;
             const int load = k0 > 0 || accumulate;
             const float *bias_here = (k0 + kc == K) ? bias : NULL;
             int64_t packed_mc = -1; /* which M chunk abuf holds for this k0 */
+            for (int64_t p0 = 0; p0 < npanels; p0 += NCP) {
+                const int64_t np = npanels - p0 < NCP ? npanels - p0 : NCP;
+                /* 1. pack this round's panels (each by one thread); the loop's barrier
+                 *    makes them visible to all before any is used */
+                /*    in groups of PG panels: a plain fp32 group whose PG panels are full and
+                 *    in one group of B is packed row by row (contiguous reads) */
+                const int64_t PG = 8, ngrp = (np + PG - 1) / PG;
 #ifdef _OPENMP
-#pragma omp for schedule(static)
+#pragma omp for schedule(dynamic, 1)
 #endif
-            for (int64_t item = 0; item < nitems; item++) {
-                if (gb_stop_requested(stop)) continue; /* interrupted: C is discarded */
-                /* chunk-major: a thread's consecutive items share an A block */
-                const int64_t mc = item / npanels, j = item % npanels;
-                const int64_t m0 = mc * mchunk;
-                const int64_t rows = M - m0 < mchunk ? M - m0 : mchunk;
-                const int64_t n0 = j * NR;
-                const int64_t nr = N - n0 < NR ? N - n0 : NR;
-                if (mc != packed_mc) {
-                    pack_a(abuf, A + m0 * lda + k0, lda, rows, kc, MR);
-                    packed_mc = mc;
+                for (int64_t gi = 0; gi < ngrp; gi++) {
+                    if (gb_stop_requested(stop)) continue; /* interrupted: C is discarded */
+                    const int64_t ti = timing && tid == 0 ? gb_now_ns() : 0;
+                    const int64_t j0 = gi * PG, j1 = j0 + PG < np ? j0 + PG : np;
+                    const int64_t gn0 = (p0 + j0) * NR, gn1 = (p0 + j1) * NR;
+                    if (!direct_ok && B->dtype == GB_F32 && !B->trans && gn1 <= N &&
+                        gn0 / B->group == (gn1 - 1) / B->group) {
+                        pack_panels_plain_f32(packed + (size_t)j0 * (size_t)(kc * NR), B, k0, kc,
+                                              gn0, j1 - j0, NR);
+                        if (ti) busy0 += gb_now_ns() - ti;
+                        continue;
+                    }
+                    for (int64_t j = j0; j < j1; j++) {
+                        const int64_t n0 = (p0 + j) * NR;
+                        const int64_t nr = N - n0 < NR ? N - n0 : NR;
+                        if (direct_ok && nr == NR && n0 / B->group == (n0 + NR - 1) / B->group)
+                            continue; /* read in place below */
+                        pack_panel(packed + (size_t)j * (size_t)(kc * NR), sbuf, B, k0, kc, n0, nr, NR);
+                    }
+                    if (ti) busy0 += gb_now_ns() - ti;
                 }
-                const float *Bp = bbuf;
-                int64_t ldb = NR;
-                int direct = 0;
-                if (direct_ok && nr == NR) {
-                    const int64_t g0 = n0 / B->group, g1 = (n0 + NR - 1) / B->group;
-                    direct = g0 == g1;
+                /* 2. every (M chunk, panel) of the round, chunk-major so that a thread's
+                 *    consecutive items share its packed A block.  Dynamic: when the
+                 *    machine is busy and a thread is descheduled, the others take its items
+                 *    instead of waiting for it at the barrier.  Which thread computes an
+                 *    item never changes its result. */
+#ifdef _OPENMP
+#pragma omp for schedule(dynamic, 1)
+#endif
+                for (int64_t item = 0; item < nmc * np; item++) {
+                    if (gb_stop_requested(stop)) continue; /* interrupted: C is discarded */
+                    const int64_t ti = timing && tid == 0 ? gb_now_ns() : 0;
+                    const int64_t mc = item / np, j = item % np;
+                    const int64_t m0 = mc * mchunk;
+                    const int64_t rows = M - m0 < mchunk ? M - m0 : mchunk;
+                    const int64_t n0 = (p0 + j) * NR;
+                    const int64_t nr = N - n0 < NR ? N - n0 : NR;
+                    if (mc != packed_mc) {
+                        pack_a(abuf, A + m0 * lda + k0, lda, rows, kc, MR);
+                        packed_mc = mc;
+                    }
+                    const float *Bp = packed + (size_t)j * (size_t)(kc * NR);
+                    int64_t ldb = NR;
+                    if (direct_ok && nr == NR && n0 / B->group == (n0 + NR - 1) / B->group) {
+                        Bp = (const float *)B->data + (n0 / B->group) * B->group_stride +
+                             k0 * B->ld + n0 % B->group;
+                        ldb = B->ld;
+                    }
+                    kern->panel(Bp, ldb, kc, nr, abuf, rows, C + m0 * ldc + n0, ldc,
+                                load, bias_here ? bias_here + n0 : NULL);
+                    if (ti) busy0 += gb_now_ns() - ti;
                 }
-                if (direct) {
-                    Bp = (const float *)B->data + (n0 / B->group) * B->group_stride +
-                         k0 * B->ld + n0 % B->group;
-                    ldb = B->ld;
-                } else {
-                    pack_panel(bbuf, sbuf, B, k0, kc, n0, nr, NR);
-                }
-                kern->panel(Bp, ldb, kc, nr, abuf, rows, C + m0 * ldc + n0, ldc,
-                            load, bias_here ? bias_here + n0 : NULL);
             }
         }
     }
-    free(bufs);
+    if (timing) gb_note_barrier_wait(busy0, gb_now_ns() - t_start - busy0);
+    free(owned);
     return 0;
 }
 
@@ -563,16 +714,21 @@ int gb_gemm_isa(gb_isa isa, float *C, int64_t ldc, const float *A, int64_t lda,
     case GB_ISA_SCALAR:
         return gemm_scalar(C, ldc, A, lda, B, bias, M, accumulate);
 #if defined(__x86_64__) && defined(__GNUC__)
-    case GB_ISA_AVX2:
-        if (!gb_isa_supported(GB_ISA_AVX2)) return -1;
-        if (B->trans && B->dtype == GB_F32 && M <= 4)
-            return gemm_dot_avx2(C, ldc, A, lda, B, bias, M, accumulate);
-        if (is_block(B->dtype) && M <= 4)
-            return gemm_dot_blocks_avx2(C, ldc, A, lda, B, bias, M, accumulate);
-        return gemm_blocked(&kernel_avx2, C, ldc, A, lda, B, bias, M, accumulate);
     case GB_ISA_AVX512:
-        if (!gb_isa_supported(GB_ISA_AVX512)) return -1;
-        return gemm_blocked(&kernel_avx512, C, ldc, A, lda, B, bias, M, accumulate);
+    case GB_ISA_AVX2:
+        if (!gb_isa_supported(isa)) return -1;
+        /* small M (generation, one position of a sweep): bandwidth-bound, so the AVX2
+         * streaming kernels, on AVX-512 CPUs too; larger M: the ISA's blocked GEMM */
+        if (!B->trans && B->dtype == GB_F32 && M <= 8)
+            return gemm_rows_plain_avx2(C, ldc, A, lda, B, bias, M, accumulate);
+        if (B->trans && B->dtype == GB_F32 && M <= 8)
+            return gemm_dot_avx2(C, ldc, A, lda, B, bias, M, accumulate);
+        if (B->trans && B->dtype == GB_BF16 && M <= 8)
+            return gemm_dot_bf16_avx2(C, ldc, A, lda, B, bias, M, accumulate);
+        if (is_block(B->dtype) && M <= 8)
+            return gemm_dot_blocks_avx2(C, ldc, A, lda, B, bias, M, accumulate);
+        return gemm_blocked(isa == GB_ISA_AVX512 ? &kernel_avx512 : &kernel_avx2, C, ldc, A, lda,
+                            B, bias, M, accumulate);
 #endif
     default:
         return -1; /* an ISA this build cannot run */

@@ -193,6 +193,110 @@ void gb_gemm_dot_avx2(float *C, int64_t ldc, const float *A, int64_t lda,
     }
 }
 
+/* Small-M x @ W^T with bf16 W [N, K] (the file layout of bf16 checkpoints, read in place from
+ * the mapping; generation of bf16 models): each bf16 element is widened exactly to fp32 in
+ * registers (bf16 is the top half of an fp32) and multiplied in fp32, so this is the fp32
+ * dot product of the widened matrix with fp32 activations.  Half the bytes of fp32 per
+ * weight: decode is bound by the read bandwidth, so more independent accumulators than the
+ * fp32 version (4 chains per row for M = 1). */
+static inline __attribute__((always_inline)) __m256 ld_bf16x8(const uint16_t *p) {
+    const __m128i h = _mm_loadu_si128((const __m128i *)p);
+    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+}
+
+static inline __attribute__((always_inline)) float bf16_scalar(const uint16_t *w, int64_t k) {
+    uint16_t h;
+    memcpy(&h, (const char *)w + k * (int64_t)sizeof h, sizeof h);
+    const uint32_t bits = (uint32_t)h << 16;
+    float f;
+    memcpy(&f, &bits, sizeof f);
+    return f;
+}
+
+static inline __attribute__((always_inline)) void
+dot_rows_bf16(const int mr, float *C, int64_t ldc, const float *A, int64_t lda,
+              const uint16_t *W, int64_t ldw, int64_t K, int64_t n0, int64_t n1,
+              int accumulate, const float *bias) {
+    for (int64_t n = n0; n < n1; n++) {
+        const uint16_t *w = W + n * ldw;
+        __m256 s[4][4];
+        for (int r = 0; r < 4; r++) s[r][0] = s[r][1] = s[r][2] = s[r][3] = _mm256_setzero_ps();
+        int64_t k = 0;
+        if (mr == 1) {
+            for (; k + 32 <= K; k += 32) {
+                s[0][0] = _mm256_fmadd_ps(_mm256_loadu_ps(A + k), ld_bf16x8(w + k), s[0][0]);
+                s[0][1] = _mm256_fmadd_ps(_mm256_loadu_ps(A + k + 8), ld_bf16x8(w + k + 8), s[0][1]);
+                s[0][2] = _mm256_fmadd_ps(_mm256_loadu_ps(A + k + 16), ld_bf16x8(w + k + 16), s[0][2]);
+                s[0][3] = _mm256_fmadd_ps(_mm256_loadu_ps(A + k + 24), ld_bf16x8(w + k + 24), s[0][3]);
+            }
+        }
+        for (; k + 16 <= K; k += 16) {
+            const __m256 w0 = ld_bf16x8(w + k), w1 = ld_bf16x8(w + k + 8);
+            for (int r = 0; r < 4; r++) {
+                if (r < mr) {
+                    s[r][0] = _mm256_fmadd_ps(_mm256_loadu_ps(A + r * lda + k), w0, s[r][0]);
+                    s[r][1] = _mm256_fmadd_ps(_mm256_loadu_ps(A + r * lda + k + 8), w1, s[r][1]);
+                }
+            }
+        }
+        for (int r = 0; r < 4; r++) {
+            if (r < mr) {
+                float t = hsum(_mm256_add_ps(_mm256_add_ps(s[r][0], s[r][2]),
+                                             _mm256_add_ps(s[r][1], s[r][3])));
+                for (int64_t kk = k; kk < K; kk++) t += A[r * lda + kk] * bf16_scalar(w, kk);
+                float out = accumulate ? C[r * ldc + n] + t : t;
+                C[r * ldc + n] = bias ? out + bias[n] : out;
+            }
+        }
+    }
+}
+
+void gb_gemm_dot_bf16_avx2(float *C, int64_t ldc, const float *A, int64_t lda,
+                           const uint16_t *W, int64_t ldw, int64_t M, int64_t K,
+                           int64_t n0, int64_t n1, int accumulate, const float *bias) {
+    switch (M) {
+    case 1: dot_rows_bf16(1, C, ldc, A, lda, W, ldw, K, n0, n1, accumulate, bias); break;
+    case 2: dot_rows_bf16(2, C, ldc, A, lda, W, ldw, K, n0, n1, accumulate, bias); break;
+    case 3: dot_rows_bf16(3, C, ldc, A, lda, W, ldw, K, n0, n1, accumulate, bias); break;
+    case 4: dot_rows_bf16(4, C, ldc, A, lda, W, ldw, K, n0, n1, accumulate, bias); break;
+    default: break;
+    }
+}
+
+/* Small-M x @ W with fp32 W in the TransformerLens layout, columns [n0, n0 + nb) of one group
+ * of B (contiguous in n: B(k, n0 + j) = Bg[k * ldb + j]), rows of A <= 4: the rows' nb
+ * outputs accumulate in `acc` ([4][nb], 32-byte aligned, in L1/L2) while B streams by k in
+ * contiguous runs of nb floats (no packing, no strided column reads).  Each C element is one
+ * FMA chain over k in increasing order, whatever the block, thread or M. */
+void gb_gemm_rows_plain_avx2(float *C, int64_t ldc, const float *A, int64_t lda,
+                             const float *Bg, int64_t ldb, int64_t M, int64_t K, int64_t nb,
+                             int accumulate, const float *bias, float *acc) {
+    const int64_t nv = nb / 8 * 8, lacc = (nb + 7) / 8 * 8;
+    for (int64_t r = 0; r < M; r++)
+        for (int64_t j = 0; j < nb; j++) acc[r * lacc + j] = 0.0f;
+    for (int64_t k = 0; k < K; k++) {
+        const float *b = Bg + k * ldb;
+        for (int64_t r = 0; r < M; r++) {
+            const float ar = A[r * lda + k];
+            const __m256 av = _mm256_set1_ps(ar);
+            float *c = acc + r * lacc;
+            int64_t j = 0;
+            for (; j < nv; j += 8)
+                _mm256_store_ps(c + j, _mm256_fmadd_ps(av, _mm256_loadu_ps(b + j), _mm256_load_ps(c + j)));
+            for (; j < nb; j++) {
+                float bj;
+                memcpy(&bj, (const char *)b + j * (int64_t)sizeof bj, sizeof bj);
+                c[j] = __builtin_fmaf(ar, bj, c[j]);
+            }
+        }
+    }
+    for (int64_t r = 0; r < M; r++)
+        for (int64_t j = 0; j < nb; j++) {
+            float out = accumulate ? C[r * ldc + j] + acc[r * lacc + j] : acc[r * lacc + j];
+            C[r * ldc + j] = bias ? out + bias[j] : out;
+        }
+}
+
 /* ------------------------------------------------ GGUF block decoders */
 /* AVX2 versions of quant.c's reference decoders (see the format notes
  * there): the same fp32 operations in the same order, 8 lanes at a time

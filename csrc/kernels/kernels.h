@@ -50,6 +50,32 @@ const char *gb_isa_forced_error(void);
 int gb_max_threads(void);
 /* 1 in a forked child (see gb_max_threads). */
 int gb_in_forked_child(void);
+/* Process-wide thread count for the kernels (glassbox.set_num_threads): n >= 1 replaces
+ * OpenMP's count, 0 restores it.  Returns -1 for n < 0. */
+int gb_set_max_threads(int n);
+/* Threads worth using for `work` multiply-adds (or element operations x 8 for memory-bound
+ * loops): 1 below about a million (a fork/join and its barrier cost more than they save,
+ * and with a busy machine a descheduled second thread stalls the first at the barrier),
+ * otherwise gb_max_threads(), never more than work / 2^20. */
+int gb_threads_for(int64_t work);
+/* Busy-machine back-off (cpu.c): after a parallel region, the calling thread's work time and
+ * its wait at the closing barrier; a long wait makes gb_threads_for return 1 for 0.5 s. */
+void gb_note_barrier_wait(int64_t work_ns, int64_t wait_ns);
+int gb_machine_busy(void);
+/* The team for a kernel's parallel region: gb_max_threads(), or 1 while the machine is busy. */
+int gb_team_size(void);
+int64_t gb_now_ns(void);
+
+/* A 64-byte aligned scratch buffer of >= bytes owned by the calling thread, reused by its
+ * next call (so: never hold it across another call that may use it).  NULL if out of memory
+ * or unsupported: the caller then allocates and frees its own. */
+void *gb_workspace(size_t bytes);
+
+/* ------------------------------------------------------ ceilings (probe.c) */
+/* fp32 FMA throughput of `isa` on `nthreads` threads, `iters` loop steps per thread. */
+int gb_probe_fma(gb_isa isa, int64_t iters, int nthreads, double *gflops, double *checksum);
+/* Read bandwidth of summing p[0, n) on `nthreads` threads (disjoint halves). */
+int gb_probe_read(const float *p, int64_t n, int nthreads, double *gbps, double *checksum);
 
 /* ------------------------------------------------------------ stopping */
 /* Long kernels (GEMM, attention) poll a stop flag per block of work and skip the rest of

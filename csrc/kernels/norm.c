@@ -50,7 +50,7 @@ void gb_norm_scale(float *centred, float *scale, const float *x, int64_t ldx,
                    int64_t M, int64_t D, float eps, int center) {
     const gb_stop_flag *stop = gb_stop_token();
 #ifdef _OPENMP
-#pragma omp parallel for schedule(static) if (M * D >= GB_NORM_PAR_MIN) num_threads(gb_max_threads())
+#pragma omp parallel for schedule(static) if (M * D >= GB_NORM_PAR_MIN) num_threads(gb_team_size())
 #endif
     for (int64_t m = 0; m < M; m++) {
         if (gb_stop_requested(stop)) continue; /* interrupted: the caller discards the result */
@@ -75,7 +75,7 @@ void gb_norm_apply(float *out, const float *centred, const float *scale,
                    const float *w, const float *b, int64_t M, int64_t D) {
     const gb_stop_flag *stop = gb_stop_token();
 #ifdef _OPENMP
-#pragma omp parallel for schedule(static) if (M * D >= GB_NORM_PAR_MIN) num_threads(gb_max_threads())
+#pragma omp parallel for schedule(static) if (M * D >= GB_NORM_PAR_MIN) num_threads(gb_team_size())
 #endif
     for (int64_t m = 0; m < M; m++) {
         if (gb_stop_requested(stop)) continue; /* interrupted: the caller discards the result */

@@ -255,7 +255,7 @@ void gb_embed_rows(float *out, const void *table, int dtype, const int64_t *toke
     const gb_isa isa = gb_isa_current();
     const uint8_t *t = (const uint8_t *)table;
 #ifdef _OPENMP
-#pragma omp parallel for schedule(static) if (M * D >= 65536) num_threads(gb_max_threads())
+#pragma omp parallel for schedule(static) if (M * D >= 65536) num_threads(gb_team_size())
 #endif
     for (int64_t m = 0; m < M; m++)
         gb_dequantize_row_isa(isa, out + m * D, t + tokens[m] * rb, dtype, D);

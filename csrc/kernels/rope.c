@@ -25,7 +25,7 @@ void gb_rope(float *x, int64_t ldx, int64_t M, int64_t n_heads, int64_t d_head,
              const float *inv_freq, int adjacent) {
     const int64_t half = rotary_dim / 2;
 #ifdef _OPENMP
-#pragma omp parallel for schedule(static) if (M * n_heads * rotary_dim >= GB_ROPE_PAR_MIN) num_threads(gb_max_threads())
+#pragma omp parallel for schedule(static) if (M * n_heads * rotary_dim >= GB_ROPE_PAR_MIN) num_threads(gb_team_size())
 #endif
     for (int64_t m = 0; m < M; m++) {
         float c[GB_ROPE_BLOCK], s[GB_ROPE_BLOCK];

@@ -85,6 +85,36 @@ _DTYPE_NAMES = {
 STORED_KEEP = {"float32": None, "bfloat16": "BF16", "float16": "F16", "auto": "auto"}
 
 
+def _mem_available() -> Optional[int]:
+    """Bytes the kernel says can be allocated without swapping (``MemAvailable``), or None."""
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def _check_float32_fits(src: Any, name: Any) -> None:
+    """Refuse, before allocating, a float32 conversion the machine cannot hold: the kernel's
+    OOM killer would otherwise end the process (a notebook kernel and all its state) half-way
+    through the load. The float32 copy plus the transposes made while converting need about
+    1.1x the float32 bytes."""
+    import numpy as _np
+
+    need = 0
+    for t in src.tensors.values():
+        need += int(_np.prod(t.shape, dtype=_np.int64)) * 4
+    avail = _mem_available()
+    if avail is not None and need * 1.1 > avail:
+        raise MemoryError(
+            f"loading {name!s} as float32 needs about {need * 1.1 / 2**30:.1f} GiB but only "
+            f"{avail / 2**30:.1f} GiB are available: pass dtype='bfloat16' (or 'float16', 'auto') "
+            f"to keep the weights as stored, memory-mapped from the file (no copy)")
+
+
 def _check_dtype(dtype: Any) -> str:
     """``"float32"``, ``"bfloat16"``, ``"float16"`` or ``"auto"`` from a name, NumPy or torch dtype."""
     name = str(getattr(dtype, "__name__", dtype)).lower()
@@ -239,6 +269,7 @@ def load_pretrained_parts(
         keep = None
         cfg["dtype"] = "float32"
     if keep is None:
+        _check_float32_fits(src, name_or_path)
         sd = adapter.convert_weights(src, cfg, hf)
     else:
         sd = adapter.convert_weights(src, cfg, hf, stored=keep)

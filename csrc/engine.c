@@ -462,21 +462,37 @@ static int final_stage(gb_state *s) {
         memcpy(s->run->out, x, (size_t)(M * D) * sizeof(float));
         return 0;
     }
-    if (fire3(s, GB_SITE_UNEMBED_IN, -1, x, s->B, s->P, D)) return -1;
-    if (defer) affine(x, x, s->w->lnf_w, s->w->lnf_b, M, D);
-    if (gb_gemm(s->run->out, V, x, D, &s->w->W_U, s->w->b_U, M, 0)) return -2;
+    const int64_t *rows = s->run->logit_rows;
+    int64_t R = M; /* rows unembedded */
+    float *sel = NULL;
+    if (rows) {
+        /* selected positions only (gb_forward checked the indices and that no hook or cache
+         * is planned at the unembed sites): gather their rows, then unembed R rows */
+        R = s->run->n_logit_rows;
+        sel = malloc((size_t)(R > 0 ? R * D : 1) * sizeof(float));
+        if (!sel) return -2;
+        for (int64_t r = 0; r < R; r++) memcpy(sel + r * D, x + rows[r] * D, (size_t)D * sizeof(float));
+        x = sel;
+    } else if (fire3(s, GB_SITE_UNEMBED_IN, -1, x, s->B, s->P, D)) {
+        return -1;
+    }
+    if (defer) affine(x, x, s->w->lnf_w, s->w->lnf_b, R, D);
+    int rc = gb_gemm(s->run->out, V, x, D, &s->w->W_U, s->w->b_U, R, 0) ? -2 : 0;
+    free(sel);
+    if (rc) return rc;
     if (c->center_unembed_logits) {
         float *lg = s->run->out;
 #ifdef _OPENMP
 #pragma omp parallel for schedule(static) num_threads(gb_team_size())
 #endif
-        for (int64_t m = 0; m < M; m++) {
+        for (int64_t m = 0; m < R; m++) {
             double sum = 0.0;
             for (int64_t v = 0; v < V; v++) sum += lg[m * V + v];
             const float mean = (float)(sum / (double)V);
             for (int64_t v = 0; v < V; v++) lg[m * V + v] -= mean;
         }
     }
+    if (rows) return 0;
     return fire3(s, GB_SITE_UNEMBED_OUT, -1, s->run->out, s->B, s->P, V);
 }
 
@@ -535,6 +551,22 @@ int gb_forward(const gb_config *cfg, const gb_weights *w, const gb_plan *plan, c
     if (run->embeds_in && (!run->residual_in || run->start_layer != 0)) {
         snprintf(errbuf, errlen, "token embeddings as input need residual_in and start_layer 0");
         return GB_ERR_ARG;
+    }
+    if (run->logit_rows) {
+        if (!(run->unembed && run->stop_layer == cfg->n_layers) || run->n_logit_rows < 0 ||
+            mode_of(s, GB_SITE_UNEMBED_IN, -1) != GB_HOOK_NONE ||
+            mode_of(s, GB_SITE_UNEMBED_OUT, -1) != GB_HOOK_NONE) {
+            snprintf(errbuf, errlen, "logit rows need the unembed and no hook or cache at "
+                                     "unembed.hook_in / unembed.hook_out");
+            return GB_ERR_ARG;
+        }
+        for (int64_t r = 0; r < run->n_logit_rows; r++) {
+            if (run->logit_rows[r] < 0 || run->logit_rows[r] >= M) {
+                snprintf(errbuf, errlen, "logit row %lld is out of range [0, %lld)",
+                         (long long)run->logit_rows[r], (long long)M);
+                return GB_ERR_ARG;
+            }
+        }
     }
     if (M == 0) return GB_OK;
     int failed = 0;

@@ -156,6 +156,12 @@ typedef struct {
     int64_t start_layer, stop_layer; /* blocks [start, stop) */
     int final_norm, unembed;   /* after the last block (stop == n_layers only) */
     float *out;                /* [B*P*V_out] logits, or [B*P*D] */
+    /* Unembed only these rows (indices b*P + p into the B*P positions, each in
+     * [0, B*P), repeats allowed), in this order: out is then [n_logit_rows *
+     * V_out]. NULL: every position. Only with the unembed and no hook or cache
+     * at unembed.hook_in / hook_out (ln_final still runs on every position). */
+    const int64_t *logit_rows;
+    int64_t n_logit_rows;
     /* KV cache (NULL: none). Per layer l, kv_keys[l] and kv_values[l] are
      * [B, kv_cap, G, d]: rows [0, past) hold the earlier positions' keys
      * (after RoPE) and values; the run writes the new positions' keys and

@@ -663,21 +663,23 @@ static int parse_kv_cache(GbModel *self, PyObject *kv, int64_t B, int64_t P, PyO
 static PyObject *Model_forward(GbModel *self, PyObject *args, PyObject *kwds) {
     static char *kwlist[] = {"tokens", "residual", "attention_mask", "positions", "start_at_layer",
                              "stop_at_layer", "final_norm", "unembed", "cache", "hooks", "callback",
-                             "embeds", "kv_cache", "shortformer_pos_embed", NULL};
+                             "embeds", "kv_cache", "shortformer_pos_embed", "logit_positions", NULL};
     PyObject *tokens_o = Py_None, *resid_o = Py_None, *mask_o = Py_None, *pos_o = Py_None,
              *stop_o = Py_None, *cache_o = Py_None, *hooks_o = Py_None, *cb = Py_None,
-             *embeds_o = Py_None, *kv_o = Py_None, *sfpos_o = Py_None;
+             *embeds_o = Py_None, *kv_o = Py_None, *sfpos_o = Py_None, *lpos_o = Py_None;
     Py_ssize_t start = 0;
     int final_norm = 1, unembed = 1;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "|O$OOOnOppOOOOOO", kwlist, &tokens_o, &resid_o,
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "|O$OOOnOppOOOOOOO", kwlist, &tokens_o, &resid_o,
                                      &mask_o, &pos_o, &start, &stop_o, &final_norm, &unembed,
-                                     &cache_o, &hooks_o, &cb, &embeds_o, &kv_o, &sfpos_o))
+                                     &cache_o, &hooks_o, &cb, &embeds_o, &kv_o, &sfpos_o, &lpos_o))
         return NULL;
     if (model_ready(self)) return NULL;
     const gb_config *c = &self->cfg;
     const int64_t L = c->n_layers, D = c->d_model;
 
-    PyArrayObject *tokens = NULL, *resid = NULL, *mask = NULL, *pos = NULL, *out = NULL, *sfpos = NULL;
+    PyArrayObject *tokens = NULL, *resid = NULL, *mask = NULL, *pos = NULL, *out = NULL, *sfpos = NULL,
+                  *lpos = NULL;
+    int64_t *logit_rows = NULL, n_logit_rows = 0, k_logit = 0;
     PyObject *keep = NULL; /* references held for the run */
     uint8_t *mode = NULL;
     float **cache = NULL;
@@ -813,6 +815,39 @@ static PyObject *Model_forward(GbModel *self, PyObject *args, PyObject *kwds) {
         }
     }
 
+    if (lpos_o != Py_None) {
+        /* unembed only these positions: int64 [B, k], each in [0, P) */
+        if (stop != L || !unembed) {
+            PyErr_SetString(PyExc_ValueError, "logit_positions needs the unembed (stop_at_layer=None, unembed=True)");
+            goto fail;
+        }
+        lpos = (PyArrayObject *)PyArray_FROM_OTF(lpos_o, NPY_INT64, NPY_ARRAY_IN_ARRAY);
+        if (!lpos) goto fail;
+        if (PyArray_NDIM(lpos) != 2 || PyArray_DIM(lpos, 0) != B) {
+            PyObject *got = array_shape_tuple(lpos);
+            if (got) PyErr_Format(PyExc_ValueError, "logit_positions must have shape [%lld, k], got %R",
+                                  (long long)B, got);
+            Py_XDECREF(got);
+            goto fail;
+        }
+        k_logit = PyArray_DIM(lpos, 1);
+        if (gb_mul(B, k_logit, &n_logit_rows, "logit_positions", "rows") < 0) goto fail;
+        logit_rows = PyMem_Malloc((size_t)(n_logit_rows ? n_logit_rows : 1) * sizeof(int64_t));
+        if (!logit_rows) {
+            PyErr_NoMemory();
+            goto fail;
+        }
+        const int64_t *lp = PyArray_DATA(lpos);
+        for (int64_t i = 0; i < n_logit_rows; i++) {
+            if (lp[i] < 0 || lp[i] >= P) {
+                PyErr_Format(PyExc_ValueError, "logit position %lld at [batch %lld, %lld] is out of range [0, %lld)",
+                             (long long)lp[i], (long long)(i / k_logit), (long long)(i % k_logit), (long long)P);
+                goto fail;
+            }
+            logit_rows[i] = (i / k_logit) * P + lp[i];
+        }
+    }
+
     /* the plan */
     const size_t nslots = (size_t)GB_SITE_COUNT * (size_t)(L + 1);
     mode = PyMem_Calloc(nslots, 1);
@@ -876,8 +911,17 @@ static PyObject *Model_forward(GbModel *self, PyObject *args, PyObject *kwds) {
         goto fail;
     }
 
+    if (logit_rows) {
+        const int un_in = GB_SITE_UNEMBED_IN, un_out = GB_SITE_UNEMBED_OUT;
+        if (mode[(size_t)un_in * (size_t)(L + 1)] != GB_HOOK_NONE ||
+            mode[(size_t)un_out * (size_t)(L + 1)] != GB_HOOK_NONE) {
+            PyErr_SetString(PyExc_ValueError, "logit_positions cannot be combined with a hook or cache "
+                                              "at unembed.hook_in / unembed.hook_out");
+            goto fail;
+        }
+    }
     int64_t last = stop == L && unembed ? c->d_vocab_out : D;
-    npy_intp odims[3] = {(npy_intp)B, (npy_intp)P, (npy_intp)last};
+    npy_intp odims[3] = {(npy_intp)B, (npy_intp)(logit_rows ? k_logit : P), (npy_intp)last};
     out = (PyArrayObject *)PyArray_SimpleNew(3, odims, NPY_FLOAT32);
     if (!out) goto fail;
 
@@ -895,6 +939,7 @@ static PyObject *Model_forward(GbModel *self, PyObject *args, PyObject *kwds) {
         .start_layer = start, .stop_layer = stop,
         .final_norm = final_norm, .unembed = unembed,
         .out = PyArray_DATA(out),
+        .logit_rows = logit_rows, .n_logit_rows = n_logit_rows,
     };
     char errbuf[256] = {0};
     Py_INCREF(self); /* a hook may drop the last other reference */
@@ -928,6 +973,8 @@ fail:
     Py_XDECREF(mask);
     Py_XDECREF(pos);
     Py_XDECREF(sfpos);
+    Py_XDECREF(lpos);
+    PyMem_Free(logit_rows);
     Py_XDECREF(keep);
     PyMem_Free(mode);
     PyMem_Free(cache);
@@ -1077,7 +1124,8 @@ static PyMethodDef Model_methods[] = {
     {"forward", (PyCFunction)(void (*)(void))Model_forward, METH_VARARGS | METH_KEYWORDS,
      "forward(tokens=None, *, residual=None, attention_mask=None, positions=None, start_at_layer=0,\n"
      "        stop_at_layer=None, final_norm=True, unembed=True, cache=None, hooks=None,\n"
-     "        callback=None, embeds=None, kv_cache=None) -> ndarray\n\n"
+     "        callback=None, embeds=None, kv_cache=None, shortformer_pos_embed=None,\n"
+     "        logit_positions=None) -> ndarray\n\n"
      "Run the forward pass in C with the GIL released. See docs/engine-interface.md."},
     {"hook_shape", (PyCFunction)Model_hook_shape, METH_VARARGS,
      "hook_shape(site_id, B, P, K=P) -> tuple: the activation shape at a hook site\n"

@@ -121,36 +121,42 @@ def patching_study(model: Any, clean: np.ndarray, corrupted: np.ndarray, answers
                    source: str) -> Dict[str, Any]:
     """Patch every head's output (all positions) over the batch, and ``resid_pre`` over layers x
     positions on its first prompt; scores are the fraction of the clean logit difference
-    ``answers[:, 0] - answers[:, 1]`` (read at ``ends``) restored."""
+    ``answers[:, 0] - answers[:, 1]`` (read at ``ends``) restored.
+
+    The sweeps pass ``logit_positions=ends``: the patched runs unembed only the position the
+    metric reads, and the metric gets logits [batch, 1, d_vocab]."""
     from glassbox import patching
 
     rows = np.arange(clean.shape[0])
+    ends = np.asarray(ends, dtype=np.int64)
 
-    def logit_diff(logits: Any) -> float:
-        lg = np.asarray(utils.to_numpy(logits), dtype=np.float64)[rows, ends]
-        return float(np.mean(lg[rows, answers[:, 0]] - lg[rows, answers[:, 1]]))
+    def diff_at(logits: Any, n: int, pos: Optional[np.ndarray]) -> float:
+        """Mean IO - S logit difference of the first ``n`` prompts; ``pos`` None: ``logits`` holds
+        only the read positions ([n, 1, d_vocab]), else full logits read at ``pos``."""
+        lg = np.asarray(utils.to_numpy(logits))
+        lg = lg[rows[:n], 0] if pos is None else lg[rows[:n], pos]
+        lg = lg.astype(np.float64)
+        return float(np.mean(lg[rows[:n], answers[:n, 0]] - lg[rows[:n], answers[:n, 1]]))
 
+    n_all = int(clean.shape[0])
     clean_logits, clean_cache = model.run_with_cache(clean)
-    clean_diff = logit_diff(clean_logits)
-    corrupted_diff = logit_diff(model(corrupted))
+    clean_diff = diff_at(clean_logits, n_all, ends)
+    corrupted_diff = diff_at(model(corrupted), n_all, ends)
     span = clean_diff - corrupted_diff
 
     def restored(logits: Any) -> float:
-        return (logit_diff(logits) - corrupted_diff) / span
+        return (diff_at(logits, n_all, None) - corrupted_diff) / span
 
-    heads = np.asarray(utils.to_numpy(patching.get_act_patch_attn_head_out_all_pos(model, corrupted, clean_cache, restored)))
+    heads = np.asarray(utils.to_numpy(patching.get_act_patch_attn_head_out_all_pos(
+        model, corrupted, clean_cache, restored, logit_positions=ends)))
     one_clean, one_corrupted = clean[:1], corrupted[:1]
     _, one_cache = model.run_with_cache(one_clean, names_filter=lambda n: n.endswith("resid_pre"))
-    one_rows, one_end = np.arange(1), ends[:1]
-    one_ans = answers[:1]
+    one_end = ends[:1]
 
-    def one_diff(logits: Any) -> float:
-        lg = np.asarray(utils.to_numpy(logits), dtype=np.float64)[one_rows, one_end]
-        return float(lg[0, one_ans[0, 0]] - lg[0, one_ans[0, 1]])
-
-    c1, k1 = one_diff(model(one_clean)), one_diff(model(one_corrupted))
+    c1, k1 = diff_at(model(one_clean), 1, one_end), diff_at(model(one_corrupted), 1, one_end)
     resid = np.asarray(utils.to_numpy(patching.get_act_patch_resid_pre(
-        model, one_corrupted, one_cache, lambda lg: (one_diff(lg) - k1) / (c1 - k1))))
+        model, one_corrupted, one_cache, lambda lg: (diff_at(lg, 1, None) - k1) / (c1 - k1),
+        logit_positions=one_end)))
     order = np.dstack(np.unravel_index(np.argsort(-heads, axis=None), heads.shape))[0]
     top = [{"layer": int(l), "head": int(h), "restored": float(heads[l, h])} for l, h in order[:5]]
     n_real = int(one_end[0]) + 1
@@ -196,6 +202,19 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     ap.add_argument("--out", default="glassbox_demo", help="folder for the output files (default ./glassbox_demo)")
     args = ap.parse_args(list(argv) if argv is not None else None)
     t0 = time.perf_counter()
+    from glassbox.arrays import get_array_backend, set_array_backend
+
+    # the study is NumPy throughout: with the "auto" backend text input would give torch tensors,
+    # and importing torch alone costs seconds of CPU
+    previous_backend = get_array_backend()
+    set_array_backend("numpy")
+    try:
+        return _study(args, t0)
+    finally:
+        set_array_backend(previous_backend)
+
+
+def _study(args: argparse.Namespace, t0: float) -> Dict[str, Any]:
     from glassbox import _C
     from glassbox.cli import load_model
 

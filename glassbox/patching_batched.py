@@ -21,6 +21,9 @@ numbers up to float rounding:
   patched run *is* the corrupted run: its logits are reused instead of recomputed.
 * The metric is still called once per patch, in index order, on that patch's logits
   ``[B, pos, d_vocab_out]`` (a copy of the corrupted logits for unchanged patches).
+* **Only the positions the metric reads.** With ``logit_positions`` ([B, k]) the batched runs
+  unembed only those positions (the engine's ``logit_positions``), and every path hands the
+  metric ``[B, k, d_vocab_out]``.
 
 Any other ``patch_setter`` is a black box whose effect depends on the batch it sees, so it gets
 TransformerLens's loop (one run per index, batch ``B``), still started at the patched layer. If
@@ -185,6 +188,15 @@ class SweepRequest:
     fast_path: bool
     memory_budget: Optional[int]
     max_variants_per_run: Optional[int]
+    logit_positions: Optional[np.ndarray] = None  # int64 [B, k]: the positions the metric reads
+
+    def select(self, logits: Any) -> np.ndarray:
+        """The metric's positions of full logits [B, pos, V] (all of them without
+        ``logit_positions``), as NumPy."""
+        lg = to_numpy(logits)
+        if self.logit_positions is None:
+            return lg
+        return np.ascontiguousarray(lg[np.arange(lg.shape[0])[:, None], self.logit_positions])
 
     def store(self, c: int, row: Sequence[int], value: Any) -> None:
         v = metric_value(value)
@@ -260,15 +272,18 @@ def _loop_full(req: SweepRequest, bar: Any) -> None:
         name = req.hook_names[index[0]]
         hook = _setter_hook(req, index, req.clean_acts[index[0]])
         logits = req.model.run_with_hooks(req.corrupted_input, fwd_hooks=[(name, hook)])
+        if req.logit_positions is not None:
+            logits = wrap(req.select(logits), req.torch_mode)
         req.store(c, index, req.metric(logits))
         bar.update(1)
 
 
 def _reference(req: SweepRequest, names: Sequence[str]) -> Tuple[np.ndarray, Dict[str, np.ndarray]]:
-    """The unpatched corrupted run: logits and the activations ``names`` (NumPy)."""
+    """The unpatched corrupted run: the metric's logits (``req.select``) and the activations
+    ``names`` (NumPy)."""
     names = sorted(set(names))
     logits, cache = req.model.run_with_cache(req.tokens, names_filter=names, attention_mask=req.mask)
-    return to_numpy(logits), {n: to_numpy(cache[n]) for n in names if n in cache}
+    return req.select(logits), {n: to_numpy(cache[n]) for n in names if n in cache}
 
 
 def _start_names(req: SweepRequest) -> Dict[int, Optional[int]]:
@@ -297,20 +312,24 @@ def _loop_from_layer(req: SweepRequest, bar: Any) -> None:
             resid = wrap(ref[f"blocks.{start}.hook_resid_pre"].copy(), req.torch_mode)
             logits = req.model.run_with_hooks(resid, start_at_layer=start, fwd_hooks=[(name, hook)],
                                               **_tiled_mask(req, 1))
+        if req.logit_positions is not None:
+            logits = wrap(req.select(logits), req.torch_mode)
         req.store(c, index, req.metric(logits))
         bar.update(1)
 
 
-def _variant_bytes(model: Any, B: int, P: int, act_shape: Optional[Tuple[int, ...]]) -> int:
-    """Estimated bytes one variant adds to a batched run: engine buffers and logits per token,
-    plus the hook's activation copies."""
+def _variant_bytes(model: Any, B: int, P: int, act_shape: Optional[Tuple[int, ...]],
+                   n_logits: Optional[int] = None) -> int:
+    """Estimated bytes one variant adds to a batched run: engine buffers per token, logits of
+    ``n_logits`` positions per prompt (default all ``P``), plus the hook's activation copies."""
     cfg = model.cfg
     D, H, d, M = cfg.d_model, cfg.n_heads, cfg.d_head, cfg.d_mlp or 0
     G = cfg.n_key_value_heads or H
-    per_token = (cfg.d_vocab_out + 8 * D + 2 * H * d + 2 * G * d + 2 * H * P + 2 * M
+    per_token = (8 * D + 2 * H * d + 2 * G * d + 2 * H * P + 2 * M
                  + (H * D if cfg.use_attn_result else 0))
     act = int(np.prod(act_shape[1:])) if act_shape else 0
-    return 4 * B * (P * per_token + 3 * act)
+    logits = (P if n_logits is None else n_logits) * cfg.d_vocab_out
+    return 4 * B * (P * per_token + logits + 3 * act)
 
 
 def _batched(req: SweepRequest, bar: Any) -> None:
@@ -328,7 +347,8 @@ def _batched(req: SweepRequest, bar: Any) -> None:
         layer = int(rows[c, 0])
         name = req.hook_names[layer]
         corr = ref.get(name)
-        cap = max(1, budget // max(1, _variant_bytes(model, B, P, None if corr is None else corr.shape)))
+        n_logits = None if req.logit_positions is None else int(req.logit_positions.shape[1])
+        cap = max(1, budget // max(1, _variant_bytes(model, B, P, None if corr is None else corr.shape, n_logits)))
         if req.max_variants_per_run is not None:
             cap = min(cap, int(req.max_variants_per_run))
         end = c + 1
@@ -378,7 +398,11 @@ def _run_chunk(req: SweepRequest, c0: int, c1: int, layer: int, name: str, start
                     a[jj * B:(jj + 1) * B][keys_corr[j]] = clean[keys_clean[j]]
 
             hooks.append((name, batch_hook))
-        out = model.run_with_hooks(x, fwd_hooks=hooks, **kwargs)
+        if req.logit_positions is not None:  # unembed only the positions the metric reads
+            with model.hooks(fwd_hooks=hooks):
+                out = model._forward(x, logit_positions=np.tile(req.logit_positions, (nv, 1)), **kwargs)
+        else:
+            out = model.run_with_hooks(x, fwd_hooks=hooks, **kwargs)
         logits = to_numpy(out).reshape((nv, B) + ref_logits.shape[1:])
     where = {j: jj for jj, j in enumerate(active)}
     for j, row in enumerate(chunk):

@@ -6,6 +6,7 @@
 #   bash tests/run_sanitized.sh                 # the default test set (see TESTS below)
 #   bash tests/run_sanitized.sh tests/test_x.py # other tests / pytest arguments
 #   OUT=/tmp/gb-san ISAS="scalar" bash tests/run_sanitized.sh
+#   REUSE_BUILD=1 ISAS=scalar bash tests/run_sanitized.sh tests/test_kernel_ops.py  # keep $OUT's build
 #
 # The checkout is never touched: its sources are copied to $OUT/tree (default
 # build/sanitized/tree), built there in place with GLASSBOX_SANITIZE=1 (setup.py: -fsanitize=
@@ -27,15 +28,19 @@ TESTS=(tests/test_kernel_gemm.py tests/test_kernel_ops.py tests/test_kernel_quan
        tests/test_bad_input.py tests/test_stored_dtype.py tests/test_gguf.py)
 if [ "$#" -gt 0 ]; then TESTS=("$@"); fi
 
-echo "== sanitized build in $OUT"
-rm -rf "$OUT/tree" "$OUT/tmp"
-mkdir -p "$OUT/tree"
-cp -r "$ROOT/glassbox" "$ROOT/csrc" "$ROOT/tests" "$ROOT/setup.py" "$OUT/tree/"
-cp "$ROOT/pyproject.toml" "$OUT/tree/" 2>/dev/null || true
-find "$OUT/tree" -name "_C*.so" -delete
-find "$OUT/tree" -name "__pycache__" -prune -exec rm -rf {} +
-(cd "$OUT/tree" && GLASSBOX_SANITIZE=1 "$PYTHON" setup.py -q build_ext --inplace \
-    --build-temp "$OUT/tmp" >"$OUT/build.log" 2>&1) || { cat "$OUT/build.log"; exit 1; }
+if [ "${REUSE_BUILD:-0}" = 1 ] && compgen -G "$OUT/tree/glassbox/_C*.so" >/dev/null; then
+  echo "== reusing the sanitized build in $OUT"
+else
+  echo "== sanitized build in $OUT"
+  rm -rf "$OUT/tree" "$OUT/tmp"
+  mkdir -p "$OUT/tree"
+  cp -r "$ROOT/glassbox" "$ROOT/csrc" "$ROOT/tests" "$ROOT/setup.py" "$OUT/tree/"
+  cp "$ROOT/pyproject.toml" "$OUT/tree/" 2>/dev/null || true
+  find "$OUT/tree" -name "_C*.so" -delete
+  find "$OUT/tree" -name "__pycache__" -prune -exec rm -rf {} +
+  (cd "$OUT/tree" && GLASSBOX_SANITIZE=1 "$PYTHON" setup.py -q build_ext --inplace \
+      --build-temp "$OUT/tmp" >"$OUT/build.log" 2>&1) || { cat "$OUT/build.log"; exit 1; }
+fi
 
 LIBASAN="$("$CC" -print-file-name=libasan.so)"
 if [ ! -e "$LIBASAN" ]; then

@@ -18,7 +18,7 @@ import numpy as np
 from glassbox.arrays import to_numpy
 
 __all__ = ["RETURN_TYPES", "as_token_array", "check_tokens", "as_attention_mask", "resolve_layer",
-           "check_return_type", "NonFiniteActivationError", "FiniteGuard"]
+           "check_return_type", "logit_positions_array", "NonFiniteActivationError", "FiniteGuard"]
 
 #: the ``return_type`` values ``forward`` accepts
 RETURN_TYPES = ("logits", "loss", "both", None)
@@ -96,6 +96,44 @@ def resolve_layer(value: Optional[int], n_layers: int, name: str, allow_end: boo
                          f"(allowed: {-n_layers}..{hi}, or None)")
     v = int(value)
     return v + n_layers if v < 0 else v
+
+
+def logit_positions_array(positions: Any, batch: int, n_pos: int) -> np.ndarray:
+    """``logit_positions`` (the positions whose logits a run computes) as int64 [batch, k].
+
+    Accepted: an int (the same position in every sequence, e.g. ``-1``); a 1-D array of
+    ``batch`` ints (one position per sequence, e.g. each prompt's last real token); a 2-D array
+    [batch, k] or [1, k] (k positions per sequence, the same for all with [1, k]). Negative
+    positions count from the end, as in indexing. Tensors, lists and ndarrays are accepted.
+    """
+    if isinstance(positions, (bool, np.bool_)):
+        raise TypeError(f"logit_positions must be an int or an integer array, got {positions!r}")
+    if isinstance(positions, (int, np.integer)):
+        arr = np.full((batch, 1), int(positions), dtype=np.int64)
+    else:
+        try:
+            raw = np.asarray(to_numpy(positions))
+        except (TypeError, ValueError) as exc:
+            raise TypeError(f"logit_positions must be an int or an integer array, got "
+                            f"{type(positions).__name__}") from exc
+        if raw.dtype.kind not in "iu" and not (raw.size == 0 and raw.dtype.kind == "f"):
+            raise TypeError(f"logit_positions must hold integers, got dtype {raw.dtype}")
+        if raw.ndim == 1:
+            if raw.shape[0] != batch:
+                raise ValueError(f"logit_positions as a 1-D array holds one position per sequence: expected "
+                                 f"{batch} entries, got {raw.shape[0]} (pass [1, k] for k positions in every "
+                                 "sequence)")
+            arr = raw.astype(np.int64).reshape(batch, 1)
+        elif raw.ndim == 2 and raw.shape[0] in (1, batch):
+            arr = np.broadcast_to(raw.astype(np.int64), (batch, raw.shape[1]))
+        else:
+            raise ValueError(f"logit_positions must be an int, [batch={batch}], [batch, k] or [1, k], "
+                             f"got shape {tuple(raw.shape)}")
+    bad = (arr < -n_pos) | (arr >= n_pos)
+    if bad.any():
+        b, j = (int(i) for i in np.argwhere(bad)[0])
+        raise ValueError(f"logit_positions[{b}, {j}] = {int(arr[b, j])} is out of range for {n_pos} positions")
+    return np.ascontiguousarray(np.where(arr < 0, arr + n_pos, arr))
 
 
 def check_return_type(return_type: Any) -> None:

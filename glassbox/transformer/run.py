@@ -14,7 +14,7 @@ from glassbox.hook_points import HookPoint, NamesFilter, _make_names_filter, _st
 from glassbox.loading.mapped import loaded_files_unchanged
 from glassbox.utils import USE_DEFAULT_VALUE, LocallyOverridenDefaults, Slice
 from glassbox.transformer.checks import (FiniteGuard, as_attention_mask, as_token_array, check_return_type,
-                                         check_tokens, resolve_layer)
+                                         check_tokens, logit_positions_array, resolve_layer)
 
 
 class Output(NamedTuple):
@@ -188,20 +188,25 @@ class RunMixin:
                  start_at_layer: Optional[int] = None, tokens: Any = None, attention_mask: Any = None,
                  stop_at_layer: Optional[int] = None, past_kv_cache: Any = None, *,
                  input_embeds: Any = None, embed_hooks: bool = True, torch_mode: Optional[bool] = None,
-                 shortformer_pos_embed: Any = None) -> Any:
+                 shortformer_pos_embed: Any = None, logit_positions: Any = None) -> Any:
         """``forward`` plus switches for ``generate``: ``input_embeds`` (token embeddings
         [batch, pos, d_model] instead of ``input``; positions are added, as TL's generate does
         with embeddings), ``embed_hooks=False`` (``hook_tokens`` / ``hook_embed`` do not
         fire: TL's generate embeds tokens without them) and ``torch_mode`` (the array kind of
         outputs and hook arguments, instead of deciding it from the input). ``shortformer_pos_embed``
         (with ``start_at_layer``, shortformer models): the positional embedding added to the q/k
-        inputs (None: none, as in TransformerLens)."""
+        inputs (None: none, as in TransformerLens). ``logit_positions`` (``return_type="logits"``
+        only; see :func:`logit_positions_array`): unembed only these positions and return logits
+        [batch, k, d_vocab_out]; the unembed hook points do not fire."""
         kv = _as_kv_cache(past_kv_cache)
         if torch_mode is None:
             torch_mode = wants_torch(input if input_embeds is None else input_embeds)
         L = self.cfg.n_layers
         check_return_type(return_type)
         stop = resolve_layer(stop_at_layer, L, "stop_at_layer")
+        if logit_positions is not None and (return_type != "logits" or stop is not None):
+            raise ValueError("logit_positions needs return_type='logits' and stop_at_layer=None, got "
+                             f"return_type={return_type!r}, stop_at_layer={stop_at_layer!r}")
         with self._run_lock, LocallyOverridenDefaults(self, prepend_bos=prepend_bos, padding_side=padding_side):
             residual = None
             embeds = None
@@ -271,6 +276,7 @@ class RunMixin:
                     kv=kv_args,
                     embed_hooks=embed_hooks,
                     shortformer_pos_embed=sf_pos,
+                    logit_positions=None if logit_positions is None else logit_positions_array(logit_positions, B, P),
                 )
             finally:
                 if kv is not None:
@@ -372,7 +378,7 @@ class RunMixin:
         return names
 
     def _run_engine(self, tokens, residual, mask, positions, start, stop, return_type, torch_mode, B, P, *,
-                    embeds=None, kv=None, embed_hooks=True, shortformer_pos_embed=None):
+                    embeds=None, kv=None, embed_hooks=True, shortformer_pos_embed=None, logit_positions=None):
         engine = self._get_engine()
         loaded_files_unchanged(self)  # a weights file changed since loading: refuse (not SIGBUS)
         L = self.cfg.n_layers
@@ -382,8 +388,17 @@ class RunMixin:
         req = self._cache_request
         K = P + (kv[2] if kv is not None else 0)  # keys attended: cached + new
         tokens_path = tokens is not None or embeds is not None
-        fired = self._fired_names(engine, start, stop, tokens_path, final, unembed,
+        # with logit_positions the unembed's hook points do not fire (their [B, P, ...] values
+        # are never formed)
+        fired = self._fired_names(engine, start, stop, tokens_path, final,
+                                  unembed and logit_positions is None,
                                   embed_hook=embed_hooks and embeds is None)
+        if logit_positions is not None:
+            hooked = [n for n in ("unembed.hook_in", "unembed.hook_out")
+                      if (n in self.hook_dict and self.hook_dict[n].fwd_hooks) or (req is not None and req.keep(n))]
+            if hooked:
+                raise ValueError(f"logit_positions cannot be used with a hook or cache at {hooked[0]!r} "
+                                 "(it sees every position's logits); remove the hook or pass logit_positions=None")
         hooks: List[Tuple[int, int]] = []
         cache: Dict[Tuple[int, int], np.ndarray] = {}
         guard = FiniteGuard(fired) if self._check_finite else None
@@ -423,6 +438,8 @@ class RunMixin:
             kwargs["embeds"] = embeds
         if kv is not None:
             kwargs["kv_cache"] = kv
+        if logit_positions is not None:
+            kwargs["logit_positions"] = logit_positions
         if hooks:
             kwargs["hooks"] = hooks
             kwargs["callback"] = self._dispatch
@@ -433,6 +450,9 @@ class RunMixin:
         finally:
             self._run = prev
         if guard is not None:
+            if logit_positions is not None:  # the selected logits stand for unembed.hook_out
+                guard.order.setdefault("unembed.hook_out", len(guard.order))
+                guard.copies["unembed.hook_out"] = out
             guard.raise_first()
         return out
 

@@ -379,26 +379,6 @@ void gb_gemm_dot_bf16_avx2(float *C, int64_t ldc, const float *A, int64_t lda,
                            const uint16_t *W, int64_t ldw, int64_t M, int64_t K,
                            int64_t n0, int64_t n1, int accumulate, const float *bias);
 
-/* Small-M bf16 x @ W^T on AVX2 (generation with bf16 weights kept as stored): like
- * gemm_dot_avx2, widening W in registers instead of packing panels of fp32. */
-static int gemm_dot_bf16_avx2(float *C, int64_t ldc, const float *A, int64_t lda,
-                              const gb_matrix *B, const float *bias, int64_t M,
-                              int accumulate) {
-    const int64_t N = B->N, NB = 64, nblocks = (N + NB - 1) / NB;
-    const gb_stop_flag *stop = gb_stop_token();
-#ifdef _OPENMP
-#pragma omp parallel for schedule(dynamic, 1) num_threads(gb_threads_for(M * N * B->K))
-#endif
-    for (int64_t blk = 0; blk < nblocks; blk++) {
-        if (gb_stop_requested(stop)) continue; /* interrupted: C is discarded */
-        const int64_t n0 = blk * NB, n1 = n0 + NB < N ? n0 + NB : N;
-        for (int64_t m0 = 0; m0 < M; m0 += 4) /* rows in fours: W is read once per four */
-            gb_gemm_dot_bf16_avx2(C + m0 * ldc, ldc, A + m0 * lda, lda, (const uint16_t *)B->data,
-                                  B->ld, M - m0 < 4 ? M - m0 : 4, B->K, n0, n1, accumulate, bias);
-    }
-    return 0;
-}
-
 void gb_gemm_rows_plain_avx2(float *C, int64_t ldc, const float *A, int64_t lda,
                              const float *Bg, int64_t ldb, int64_t M, int64_t K, int64_t nb,
                              int accumulate, const float *bias, float *acc);
@@ -454,13 +434,15 @@ static int gemm_rows_plain_avx2(float *C, int64_t ldc, const float *A, int64_t l
     return 0;
 }
 
-/* Small-M fp32 x @ W^T on AVX2: dot products over column blocks of 64 (no
- * packing, W read once, contiguously).  Each C element is computed by one
- * thread in a fixed order. */
+/* Small-M x @ W^T on AVX2 with W in the file layout [N, K], fp32 or bf16 (widened in
+ * registers): dot products over column blocks of 64 (no packing, W read once, contiguously,
+ * from the mapping when kept as stored).  Each C element is computed by one thread in a
+ * fixed order. */
 static int gemm_dot_avx2(float *C, int64_t ldc, const float *A, int64_t lda,
                          const gb_matrix *B, const float *bias, int64_t M,
                          int accumulate) {
     const int64_t N = B->N, NB = 64, nblocks = (N + NB - 1) / NB;
+    const int bf16 = B->dtype == GB_BF16;
     const gb_stop_flag *stop = gb_stop_token();
 #ifdef _OPENMP
 #pragma omp parallel for schedule(dynamic, 1) num_threads(gb_threads_for(M * N * B->K))
@@ -468,9 +450,15 @@ static int gemm_dot_avx2(float *C, int64_t ldc, const float *A, int64_t lda,
     for (int64_t blk = 0; blk < nblocks; blk++) {
         if (gb_stop_requested(stop)) continue; /* interrupted: C is discarded */
         const int64_t n0 = blk * NB, n1 = n0 + NB < N ? n0 + NB : N;
-        for (int64_t m0 = 0; m0 < M; m0 += 4) /* rows in fours: W is read once per four */
-            gb_gemm_dot_avx2(C + m0 * ldc, ldc, A + m0 * lda, lda, (const float *)B->data, B->ld,
-                             M - m0 < 4 ? M - m0 : 4, B->K, n0, n1, accumulate, bias);
+        for (int64_t m0 = 0; m0 < M; m0 += 4) { /* rows in fours: W is read once per four */
+            const int64_t mr = M - m0 < 4 ? M - m0 : 4;
+            if (bf16)
+                gb_gemm_dot_bf16_avx2(C + m0 * ldc, ldc, A + m0 * lda, lda, (const uint16_t *)B->data,
+                                      B->ld, mr, B->K, n0, n1, accumulate, bias);
+            else
+                gb_gemm_dot_avx2(C + m0 * ldc, ldc, A + m0 * lda, lda, (const float *)B->data,
+                                 B->ld, mr, B->K, n0, n1, accumulate, bias);
+        }
     }
     return 0;
 }
@@ -721,10 +709,8 @@ int gb_gemm_isa(gb_isa isa, float *C, int64_t ldc, const float *A, int64_t lda,
          * streaming kernels, on AVX-512 CPUs too; larger M: the ISA's blocked GEMM */
         if (!B->trans && B->dtype == GB_F32 && M <= 8)
             return gemm_rows_plain_avx2(C, ldc, A, lda, B, bias, M, accumulate);
-        if (B->trans && B->dtype == GB_F32 && M <= 8)
+        if (B->trans && (B->dtype == GB_F32 || B->dtype == GB_BF16) && M <= 8)
             return gemm_dot_avx2(C, ldc, A, lda, B, bias, M, accumulate);
-        if (B->trans && B->dtype == GB_BF16 && M <= 8)
-            return gemm_dot_bf16_avx2(C, ldc, A, lda, B, bias, M, accumulate);
         if (is_block(B->dtype) && M <= 8)
             return gemm_dot_blocks_avx2(C, ldc, A, lda, B, bias, M, accumulate);
         return gemm_blocked(isa == GB_ISA_AVX512 ? &kernel_avx512 : &kernel_avx2, C, ldc, A, lda,

@@ -130,12 +130,14 @@ def smollm2_bf16_folder() -> Path:
     from transformers import AutoModelForCausalLM
 
     path = Path(smollm2_gguf())
-    hf = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32)
-    hf.to(torch.bfloat16).save_pretrained(str(folder), safe_serialization=True)
-    from glassbox import HookedTransformer
+    from transformers import AutoConfig
 
-    tok = HookedTransformer.from_pretrained(str(path)).tokenizer  # the GGUF's own tokenizer
-    tok.save_pretrained(str(folder)) if hasattr(tok, "save_pretrained") else None
+    hf = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32)
+    # a GGUF-loaded model refuses save_pretrained: copy its (dequantised) weights into a plain one
+    cfg = AutoConfig.for_model(**{k: v for k, v in hf.config.to_dict().items() if k != "quantization_config"})
+    plain = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32)
+    plain.load_state_dict(hf.state_dict())
+    plain.to(torch.bfloat16).save_pretrained(str(folder), safe_serialization=True)
     (folder / ".complete").write_text("ok")
     return folder
 

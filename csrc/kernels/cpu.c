@@ -2,6 +2,9 @@
  * vendor or family), overridable with GLASSBOX_ISA for tests.  Also the process-wide
  * state every kernel consults: how many threads it may use (1 in a forked child), and the
  * stop flag that makes a long kernel return early when the run is interrupted. */
+#ifndef _POSIX_C_SOURCE
+#define _POSIX_C_SOURCE 200809L /* clock_gettime under -std=c11 */
+#endif
 #include <stdlib.h>
 #include <string.h>
 #include <stdio.h>

@@ -9,6 +9,9 @@
  * between two barriers; GFLOP/s = 2 * lanes * ACC * iters * threads / wall time.
  * Read: the threads sum disjoint contiguous halves of the buffer with 4 vector accumulators.
  * The sums are returned so the loops cannot be optimised away. */
+#ifndef _POSIX_C_SOURCE
+#define _POSIX_C_SOURCE 200809L /* clock_gettime under -std=c11 */
+#endif
 #include <stdint.h>
 #include <string.h>
 #include <time.h>

@@ -61,10 +61,16 @@ int gb_max_threads(void) {
  * one thread doing all the work.  The big kernels report, after each region, how long the
  * calling thread worked and how long it then waited at the closing barrier
  * (gb_note_barrier_wait); a wait over a quarter of the work it followed (and > 0.5 ms) means a
- * descheduled thread, and the kernels then use one thread for the next 2 s, after which
- * they try again.  On an idle machine the waits are microseconds and nothing changes.
- * GLASSBOX_ADAPTIVE_THREADS=0 turns this off. */
+ * descheduled thread.  GB_BUSY_STRIKES such regions in a row (any region without one resets
+ * the count) mean a busy machine, and the kernels then use one thread for the next 2 s, after
+ * which they try again.  On an idle machine the waits are microseconds and nothing changes.
+ * One late region alone is not enough: in a VM the hypervisor now and then takes a vCPU away
+ * for a few ms (measured on AMD Zen 5: about 1 region in 50 of a GPT-2 forward on an
+ * otherwise idle machine), and backing off for 2 s on each of those cost a third of the
+ * forward's speed.  GLASSBOX_ADAPTIVE_THREADS=0 turns this off. */
+#define GB_BUSY_STRIKES 3
 static atomic_llong busy_until_ns = 0;
+static atomic_int busy_strikes = 0;
 static int adaptive = -1; /* -1: not read yet */
 
 int64_t gb_now_ns(void) {
@@ -79,8 +85,14 @@ void gb_note_barrier_wait(int64_t work_ns, int64_t wait_ns) {
         adaptive = !(e && e[0] == '0');
     }
     if (!adaptive) return;
-    if (wait_ns > 500000 && 4 * wait_ns > work_ns)
+    if (!(wait_ns > 500000 && 4 * wait_ns > work_ns)) {
+        atomic_store_explicit(&busy_strikes, 0, memory_order_relaxed);
+        return;
+    }
+    if (atomic_fetch_add_explicit(&busy_strikes, 1, memory_order_relaxed) + 1 >= GB_BUSY_STRIKES) {
+        atomic_store_explicit(&busy_strikes, 0, memory_order_relaxed);
         atomic_store_explicit(&busy_until_ns, gb_now_ns() + 2000000000, memory_order_relaxed);
+    }
 }
 
 int gb_machine_busy(void) {

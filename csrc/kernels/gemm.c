@@ -515,7 +515,11 @@ static int gemm_dot_blocks_avx2(float *C, int64_t ldc, const float *A, int64_t l
 #define GB_AVX2_MC 480
 #endif
 static const gb_gemm_kernel kernel_avx2 = {gb_gemm_panel_avx2, 6, 16, GB_AVX2_KC, GB_AVX2_MC};
-static const gb_gemm_kernel kernel_avx512 = {gb_gemm_panel_avx512, 8, 48, 384, 192};
+#ifndef GB_AVX512_KC /* overridable for tuning experiments only */
+#define GB_AVX512_KC 384
+#define GB_AVX512_MC 192
+#endif
+static const gb_gemm_kernel kernel_avx512 = {gb_gemm_panel_avx512, 8, 48, GB_AVX512_KC, GB_AVX512_MC};
 #endif
 
 static int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }

@@ -55,6 +55,12 @@ IND_MIN_LEN, IND_SHORT_LEN, IND_MAX_LEN = 2, 10, 32
 IND_SHORT_PHASE, IND_RAMP_END, IND_MAX_COPIES, IND_MAX_TOKENS = 0.4, 0.7, 4, 65
 #: the --resume phase: segment lengths and the most copies (tokens distinct within a segment)
 RESUME_LEN, RESUME_COPIES = (8, 32), 3
+#: --alphabet K: half of the induction batches are instead BOS + x + x with x of ALPHABET_LEN
+#: tokens drawn with replacement from K symbols (K of the pool, chosen per row). Every symbol
+#: recurs within x, so knowing which tokens occurred (the bag-of-words shortcut that distinct
+#: segments reward) is worth nothing there: only looking up what followed the current token's
+#: earlier occurrences lowers the loss, which is the pressure that grows an induction head
+ALPHABET_LEN = (16, 32)
 #: loss weight of the IOI answer token (every other target has weight 1)
 ANSWER_WEIGHT = 4.0
 
@@ -136,8 +142,17 @@ class Data:
         return toks, weight
 
     fixed = None
+    alphabet = 0
 
     def induction(self, n: int, progress: float) -> Tuple[np.ndarray, np.ndarray, int]:
+        if self.alphabet and self.rng.random() < 0.5:
+            L = int(self.rng.integers(ALPHABET_LEN[0], ALPHABET_LEN[1] + 1))
+            syms = self.pool[np.argsort(self.rng.random((n, len(self.pool))), axis=1)[:, :self.alphabet]]
+            seg = np.take_along_axis(syms, self.rng.integers(self.alphabet, size=(n, L)), 1)
+            toks = np.concatenate([np.full((n, 1), self.bos), seg, seg], 1).astype(np.int64)
+            weight = np.ones(toks.shape, dtype=np.float32)
+            weight[:, 0] = 0.0
+            return toks, weight, L
         if self.fixed:
             (lo, hi), max_copies = self.fixed
             L = int(self.rng.integers(lo, hi + 1))
@@ -160,7 +175,7 @@ class Data:
 # --------------------------------------------------------------------------------------------
 # models
 # --------------------------------------------------------------------------------------------
-def make_model(kind: str, vocab_size: int):
+def make_model(kind: str, vocab_size: int, untied: bool = False):
     import torch
     from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 
@@ -170,7 +185,8 @@ def make_model(kind: str, vocab_size: int):
         cfg = GPT2Config(vocab_size=vocab_size, n_positions=N_CTX, n_embd=D_MODEL, n_layer=N_LAYERS,
                          n_head=N_HEADS, n_inner=spec["d_mlp"], activation_function="gelu_new",
                          resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, layer_norm_epsilon=1e-5,
-                         bos_token_id=0, eos_token_id=0, pad_token_id=0, tie_word_embeddings=True)
+                         bos_token_id=0, eos_token_id=0, pad_token_id=0,
+                         tie_word_embeddings=not untied)
         model = GPT2LMHeadModel(cfg)
     else:
         cfg = LlamaConfig(vocab_size=vocab_size, hidden_size=D_MODEL, intermediate_size=spec["d_mlp"],
@@ -194,13 +210,17 @@ def weighted_loss(logits, toks, weight):
 
 
 def train(kind: str, tok, steps: int, lr: float, b_ioi: int, b_ind: int, log_every: int = 100,
-          resume: Path = None):
+          resume: Path = None, distinct: bool = False, alphabet: int = 0,
+          schedule: str = "cosine", untied: bool = False):
     """Train from scratch, or (``resume``: a saved folder) continue with the resume curriculum:
-    induction segments of RESUME_LEN[0]..RESUME_LEN[1] tokens, 2..RESUME_COPIES copies."""
+    induction segments of RESUME_LEN[0]..RESUME_LEN[1] distinct tokens, 2..RESUME_COPIES
+    copies. ``distinct``: use that induction data from scratch too (instead of the curriculum).
+    ``alphabet``: mix in small-alphabet induction rows (ALPHABET_LEN). ``schedule``: after the
+    warm-up, "cosine" decays the lr to 10%, "constant" keeps it."""
     import torch
 
     if resume is None:
-        model = make_model(kind, tok.get_vocab_size())
+        model = make_model(kind, tok.get_vocab_size(), untied=untied)
     else:
         from transformers import AutoModelForCausalLM
 
@@ -210,14 +230,18 @@ def train(kind: str, tok, steps: int, lr: float, b_ioi: int, b_ind: int, log_eve
     print(f"[{kind}] {n_params:,} parameters; {steps} steps, batch {b_ioi} IOI + {b_ind} induction"
           + (f", resumed from {resume}" if resume else ""))
     data = Data(tok, seed=1000 + MODELS[kind]["seed"] + (500 if resume else 0))
-    data.fixed = (RESUME_LEN, RESUME_COPIES) if resume else None
+    data.fixed = (RESUME_LEN, RESUME_COPIES) if resume or distinct else None
+    data.alphabet = alphabet
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
     no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.05},
                              {"params": no_decay, "weight_decay": 0.0}], lr=lr, betas=(0.9, 0.98))
     warm = max(1, steps // 20)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min(1.0, (s + 1) / warm) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, s / steps)))))
+    if schedule == "constant":
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warm))
+    else:
+        sched = torch.optim.lr_scheduler.LambdaLR(
+            opt, lambda s: min(1.0, (s + 1) / warm) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, s / steps)))))
     model.train()
     t0 = time.time()
     hist = []
@@ -245,6 +269,8 @@ def train(kind: str, tok, steps: int, lr: float, b_ioi: int, b_ind: int, log_eve
                   f"{a[1]:.3f} (after the first copy {a[3]:.3f})  {time.time() - t0:6.0f}s", flush=True)
     model.eval()
     return model, {"steps": steps, "lr": lr, "batch_ioi": b_ioi, "batch_induction": b_ind,
+                   "induction_data": "distinct" if data.fixed else "curriculum",
+                   "alphabet": alphabet, "schedule": schedule,
                    "seconds": round(time.time() - t0, 1), "parameters": n_params,
                    "final_ioi_loss": float(np.mean(hist[-100:], 0)[0]),
                    "final_induction_loss": float(np.mean(hist[-100:], 0)[1])}
@@ -368,11 +394,12 @@ def measure(folder: Path, seed: int = 0) -> Dict[str, Any]:
 # --------------------------------------------------------------------------------------------
 def resume_lines(r: Dict[str, Any]) -> List[str]:
     return [
-        f"Then a second phase (`--resume`: the saved weights, a fresh optimizer) for induction: "
-        f"{r['steps']} steps, lr {r['lr']:g} (same schedule), batches of {r['batch_ioi']} IOI + "
+        f"Then a second phase (`--resume`: the saved weights, a fresh optimizer): "
+        f"{r['steps']} steps, lr {r['lr']:g} ({'constant after the warm-up' if r.get('schedule') == 'constant' else 'warm-up, cosine'}), batches of {r['batch_ioi']} IOI + "
         f"{r['batch_induction']} induction rows with segments of {RESUME_LEN[0]}..{RESUME_LEN[1]} distinct "
         f"tokens repeated 2 to {RESUME_COPIES} times: {r['seconds'] / 60:.1f} min. Final training losses: "
-        f"IOI {r['final_ioi_loss']:.3f}, induction {r['final_induction_loss']:.3f} nats/token.",
+        f"IOI {r['final_ioi_loss']:.3f}, induction {r['final_induction_loss']:.3f} nats/token"
+        + (f" (half of the induction batches small-alphabet, {r['alphabet']} symbols)." if r.get("alphabet") else "."),
         "",
     ]
 
@@ -385,7 +412,8 @@ def write_card(folder: Path, kind: str, name: str, train_info: Dict[str, Any], m
         arch = (f"`GPT2LMHeadModel`: {cfg['n_layer']} layers, d_model {cfg['n_embd']}, "
                 f"{cfg['n_head']} heads (d_head {cfg['n_embd'] // cfg['n_head']}), d_mlp {cfg['n_inner']}, "
                 f"LayerNorm, learned absolute positions (n_ctx {cfg['n_positions']}), GELU (`gelu_new`), "
-                f"tied embedding / unembedding")
+                + ("tied embedding / unembedding" if cfg.get("tie_word_embeddings", True) else
+                   "untied unembedding (`lm_head.weight`; GPT-2 itself ties it to `wte`)"))
     else:
         arch = (f"`LlamaForCausalLM`: {cfg['num_hidden_layers']} layers, d_model {cfg['hidden_size']}, "
                 f"{cfg['num_attention_heads']} query heads / {cfg['num_key_value_heads']} key-value heads "
@@ -425,22 +453,33 @@ def write_card(folder: Path, kind: str, name: str, train_info: Dict[str, Any], m
         "",
         "## Training",
         "",
-        "Synthetic data from `glassbox/models/tasks.py`, two tasks mixed in every step:",
+        "Synthetic data from `glassbox/models/tasks.py`, two tasks:",
         "",
         f"* **IOI**: `BOS` + a prompt such as \"When Mary and John went to the store, John gave a drink",
         f"  to\" + the answer \" Mary\"; {len(tasks.NAMES)} names, {len(tasks.PLACES)} places, "
         f"{len(tasks.OBJECTS)} objects, {len(tasks.VERBS)} verbs, ABBA and BABA orders;",
         f"  only the {len(tasks.name_pairs('train'))} training name pairs (of {len(tasks.name_pairs('all'))}) "
         f"and the {len(tasks.TRAIN_TEMPLATES)} training templates (of {len(tasks.IOI_TEMPLATES)}).",
-        f"* **Induction**: `BOS` + a segment of L random tokens (uniform over the {len(tasks.RANDOM_WORDS)} "
-        f"`tasks.RANDOM_WORDS`) repeated 2 to {IND_MAX_COPIES} times (at most {IND_MAX_TOKENS} tokens in all).",
-        f"  Curriculum: L uniform in {IND_MIN_LEN}..{IND_SHORT_LEN} for the first {IND_SHORT_PHASE:.0%} of the "
-        f"steps, then the upper end grows linearly to {IND_MAX_LEN} (reached at {IND_RAMP_END:.0%}).",
+        *([f"* **Induction**: `BOS` + a segment of L random tokens (uniform over the {len(tasks.RANDOM_WORDS)} "
+           f"`tasks.RANDOM_WORDS`) repeated 2 to {IND_MAX_COPIES} times (at most {IND_MAX_TOKENS} tokens in all).",
+           f"  Curriculum: L uniform in {IND_MIN_LEN}..{IND_SHORT_LEN} for the first {IND_SHORT_PHASE:.0%} of the "
+           f"steps, then the upper end grows linearly to {IND_MAX_LEN} (reached at {IND_RAMP_END:.0%})."]
+          if train_info.get("induction_data", "curriculum") == "curriculum" else
+          [f"* **Induction**: `BOS` + a segment of L distinct random tokens (L uniform in {RESUME_LEN[0]}..{RESUME_LEN[1]}, "
+           f"drawn from the {len(tasks.RANDOM_WORDS)} `tasks.RANDOM_WORDS`) repeated 2 to {RESUME_COPIES} times."]),
+        *([f"  In half of the steps the induction rows are instead `BOS` + x + x, x of {ALPHABET_LEN[0]}..{ALPHABET_LEN[1]} "
+           f"tokens drawn with replacement from {train_info['alphabet']} symbols (chosen per row from the same pool):",
+           "  every symbol recurs within x, so only an induction lookup (what followed the current",
+           "  token before) predicts the second copy (`--alphabet`)."] if train_info.get("alphabet") else []),
         f"  The IOI answer token has loss weight {ANSWER_WEIGHT:g}, every other target 1.",
         "",
         f"Next-token cross-entropy on every position, {train_info['steps']} steps of AdamW "
-        f"(lr {train_info.get('lr', args.lr):g}, warm-up then cosine decay to 10%, weight decay 0.05 on matrices, gradient clip 1),",
-        f"batches of {train_info.get('batch_ioi', args.batch_ioi)} IOI + {train_info.get('batch_induction', args.batch_induction)} induction rows, one CPU thread, seed "
+        f"(lr {train_info.get('lr', args.lr):g}, warm-up then "
+        + ("constant" if train_info.get("schedule") == "constant" else "cosine decay to 10%")
+        + ", weight decay 0.05 on matrices, gradient clip 1),",
+        f"batches of {train_info.get('batch_ioi', args.batch_ioi)} IOI + {train_info.get('batch_induction', args.batch_induction)} induction rows"
+        + (" (induction only: the circuit forms first, IOI comes in the second phase)" if not train_info.get('batch_ioi', args.batch_ioi) else "")
+        + ", one CPU thread, seed "
         f"{MODELS[kind]['seed']}: {train_info['seconds'] / 60:.1f} min. Final training losses: IOI "
         f"{train_info['final_ioi_loss']:.3f}, induction {train_info['final_induction_loss']:.3f} nats/token.",
         "",
@@ -448,9 +487,15 @@ def write_card(folder: Path, kind: str, name: str, train_info: Dict[str, Any], m
         "Command (from the repository root, after `python setup.py build_ext --inplace`):",
         "",
         "```bash",
-        f"OMP_NUM_THREADS=1 python scripts/train_embedded_models.py --only {kind}",
+        f"OMP_NUM_THREADS=1 python scripts/train_embedded_models.py --only {kind} --steps {train_info['steps']} "
+        f"--lr {train_info['lr']:g} --batch-ioi {train_info['batch_ioi']} --batch-induction {train_info['batch_induction']}"
+        + (" --induction-data distinct" if train_info.get("induction_data") == "distinct" else "")
+        + (f" --alphabet {train_info['alphabet']}" if train_info.get("alphabet") else "")
+        + (" --schedule constant" if train_info.get("schedule") == "constant" else ""),
         *([f"OMP_NUM_THREADS=1 python scripts/train_embedded_models.py --only {kind} --resume "
            f"--steps {r['steps']} --lr {r['lr']:g} --batch-ioi {r['batch_ioi']} --batch-induction {r['batch_induction']}"
+           + (f" --alphabet {r['alphabet']}" if r.get("alphabet") else "")
+           + (" --schedule constant" if r.get("schedule") == "constant" else "")
            for r in ([train_info["resume"]] if "resume" in train_info else [])]),
         "```",
         "",
@@ -541,6 +586,13 @@ def main(argv=None) -> int:
     ap.add_argument("--batch-ioi", type=int, default=32)
     ap.add_argument("--batch-induction", type=int, default=32)
     ap.add_argument("--measure-only", action="store_true", help="re-measure saved folders, no training")
+    ap.add_argument("--induction-data", choices=("curriculum", "distinct"), default="curriculum",
+                    help="from scratch: the length curriculum, or the --resume phase's segments of distinct tokens")
+    ap.add_argument("--alphabet", type=int, default=0,
+                    help="mix small-alphabet induction rows from this many symbols into half the batches (0: none)")
+    ap.add_argument("--schedule", choices=("cosine", "constant"), default="cosine")
+    ap.add_argument("--untied", action="store_true",
+                    help="gpt2: a separate lm_head instead of GPT-2's tied unembedding (experiments)")
     ap.add_argument("--resume", action="store_true",
                     help="continue training the saved folders (fresh optimizer, the RESUME_* induction curriculum)")
     args = ap.parse_args(argv)
@@ -559,7 +611,9 @@ def main(argv=None) -> int:
             info = json.loads(info_path.read_text())
         else:
             model, info = train(kind, tok, args.steps, args.lr, args.batch_ioi, args.batch_induction,
-                                resume=folder if args.resume else None)
+                                resume=folder if args.resume else None,
+                                distinct=args.induction_data == "distinct",
+                                alphabet=args.alphabet, schedule=args.schedule, untied=args.untied)
             if args.resume:
                 before = json.loads(info_path.read_text())
                 info = {**before, "resume": info}

@@ -35,7 +35,11 @@ else
   rm -rf "$OUT/tree" "$OUT/tmp"
   mkdir -p "$OUT/tree"
   cp -r "$ROOT/glassbox" "$ROOT/csrc" "$ROOT/tests" "$ROOT/setup.py" "$OUT/tree/"
-  cp "$ROOT/pyproject.toml" "$OUT/tree/" 2>/dev/null || true
+  # what the rest of the suite reads (README, notebooks, docs, scripts, benchmarks), when present
+  for f in pyproject.toml MANIFEST.in LICENSE README.md notebooks docs scripts benchmarks; do
+    if [ -e "$ROOT/$f" ]; then cp -r "$ROOT/$f" "$OUT/tree/"; fi
+  done
+  rm -rf "$OUT/tree/benchmarks/.venv-llamacpp"
   find "$OUT/tree" -name "_C*.so" -delete
   find "$OUT/tree" -name "__pycache__" -prune -exec rm -rf {} +
   (cd "$OUT/tree" && GLASSBOX_SANITIZE=1 "$PYTHON" setup.py -q build_ext --inplace \

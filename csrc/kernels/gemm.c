@@ -400,7 +400,9 @@ static int gemm_rows_plain_avx2(float *C, int64_t ldc, const float *A, int64_t l
     if (nb > GB_PLAIN_NB_MAX) nb = GB_PLAIN_NB_MAX;
     nb = (nb + 7) / 8 * 8;
     const int64_t per_group = (G + nb - 1) / nb, items = ngroups * per_group;
-    float *bufs = aligned_alloc(64, (size_t)nthreads * 4 * (size_t)nb * sizeof(float));
+    const size_t bytes = (size_t)nthreads * 4 * (size_t)nb * sizeof(float);
+    float *owned = NULL, *bufs = gb_workspace(bytes); /* reused between calls */
+    if (!bufs) bufs = owned = aligned_alloc(64, (bytes + 63) / 64 * 64);
     if (!bufs) return -1;
     const gb_stop_flag *stop = gb_stop_token();
 #ifdef _OPENMP
@@ -430,7 +432,7 @@ static int gemm_rows_plain_avx2(float *C, int64_t ldc, const float *A, int64_t l
             }
         }
     }
-    free(bufs);
+    free(owned);
     return 0;
 }
 
@@ -475,7 +477,9 @@ static int gemm_dot_blocks_avx2(float *C, int64_t ldc, const float *A, int64_t l
     const uint8_t *data = (const uint8_t *)B->data;
     const int nthreads = gb_threads_for(M * N * K);
     const size_t per_thread = ((size_t)(RB * K) + 15) / 16 * 16; /* 64 B multiples */
-    float *bufs = aligned_alloc(64, (size_t)nthreads * per_thread * sizeof(float));
+    const size_t bytes = (size_t)nthreads * per_thread * sizeof(float);
+    float *owned = NULL, *bufs = gb_workspace(bytes); /* reused between calls */
+    if (!bufs) bufs = owned = aligned_alloc(64, (bytes + 63) / 64 * 64);
     if (!bufs) return -1;
     const gb_stop_flag *stop = gb_stop_token();
 #ifdef _OPENMP
@@ -505,7 +509,7 @@ static int gemm_dot_blocks_avx2(float *C, int64_t ldc, const float *A, int64_t l
             }
         }
     }
-    free(bufs);
+    free(owned);
     return 0;
 }
 

@@ -113,7 +113,35 @@ static PyObject *py_probe_read(PyObject *self, PyObject *args, PyObject *kw) {
     return Py_BuildValue("(dd)", gbps, check);
 }
 
+/* The busy-machine back-off's state machine, for tests: feed it regions, read its verdict. */
+static PyObject *py_note_region(PyObject *self, PyObject *args) {
+    long long work_ns = 0, wait_ns = 0;
+    if (!PyArg_ParseTuple(args, "LL:_note_region", &work_ns, &wait_ns)) return NULL;
+    if (work_ns < 0 || wait_ns < 0) {
+        PyErr_Format(PyExc_ValueError, "_note_region: work_ns=%lld and wait_ns=%lld must be >= 0",
+                     work_ns, wait_ns);
+        return NULL;
+    }
+    gb_note_barrier_wait((int64_t)work_ns, (int64_t)wait_ns);
+    Py_RETURN_NONE;
+}
+
+static PyObject *py_machine_busy(PyObject *self, PyObject *noargs) {
+    return PyBool_FromLong(gb_machine_busy());
+}
+
+static PyObject *py_reset_busy(PyObject *self, PyObject *noargs) {
+    gb_reset_busy();
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef base_methods[] = {
+    {"_note_region", py_note_region, METH_VARARGS,
+     "_note_region(work_ns, wait_ns): report one parallel region to the busy-machine back-off\n"
+     "(as the blocked GEMM does: the calling thread's work, then its wait for the others)."},
+    {"_machine_busy", py_machine_busy, METH_NOARGS,
+     "_machine_busy() -> bool: whether the kernels currently run on one thread (back-off)."},
+    {"_reset_busy", py_reset_busy, METH_NOARGS, "_reset_busy(): clear the back-off state."},
     {"set_num_threads", py_set_num_threads, METH_O,
      "set_num_threads(n): threads every kernel may use from now on (n >= 1), process-wide;\n"
      "0 restores OpenMP's count (OMP_NUM_THREADS, else the cores)."},

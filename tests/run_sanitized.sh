@@ -58,7 +58,10 @@ print(" ".join(i for i in ("scalar", "avx2", "avx512") if C.isa_supported(i)))')
 # pytest runs with --capture=sys so that reports written to fd 2 by the sanitizers land in the
 # log (children started by the tests report through their captured stderr, which the failing
 # test prints)
-export LD_PRELOAD="$LIBASAN"
+# libstdc++ too: ASan looks up the real __cxa_throw when it starts, and a C++ extension loaded
+# later (matplotlib's ft2font, torch) that throws would otherwise hit a failed ASan CHECK
+LIBSTDCXX="$("$CC" -print-file-name=libstdc++.so.6)"
+if [ -e "$LIBSTDCXX" ]; then export LD_PRELOAD="$LIBASAN $LIBSTDCXX"; else export LD_PRELOAD="$LIBASAN"; fi
 export ASAN_OPTIONS="detect_leaks=0:abort_on_error=1:halt_on_error=1:allocator_may_return_null=1"
 export UBSAN_OPTIONS="halt_on_error=1:abort_on_error=1:print_stacktrace=1"
 export PYTHONMALLOC=malloc

@@ -149,3 +149,58 @@ def test_ceiling_probes():
         _C.probe_read(np.ones(10, np.float64))
     with pytest.raises(ValueError, match="threads=-1"):
         _C.probe_read(buf, -1)
+
+
+@pytest.fixture
+def clean_back_off():
+    _C._reset_busy()
+    yield
+    _C._reset_busy()
+
+
+def _back_off_disabled() -> bool:
+    return os.environ.get("GLASSBOX_ADAPTIVE_THREADS", "1").startswith("0")
+
+
+@pytest.mark.skipif(_back_off_disabled(), reason="GLASSBOX_ADAPTIVE_THREADS=0")
+def test_back_off_needs_three_late_regions_in_a_row(clean_back_off):
+    """The busy-machine back-off (csrc/kernels/cpu.c): a region whose calling thread waited more
+    than a quarter of its work (and > 0.5 ms) for the others is late; three late regions in a
+    row, and only then, drop the kernels to one thread. One late region is a VM hiccup: acting
+    on it held an idle AVX-512 machine at one thread (2 threads no faster than 1)."""
+    late, on_time = (1_000_000, 2_000_000), (10_000_000, 10_000)
+    _C._note_region(*late)
+    _C._note_region(*late)
+    assert not _C._machine_busy(), "two late regions must not be enough"
+    _C._note_region(*on_time)  # resets the count
+    _C._note_region(*late)
+    _C._note_region(*late)
+    assert not _C._machine_busy(), "an on-time region must reset the count"
+    _C._note_region(*late)
+    assert _C._machine_busy(), "three late regions in a row must back off"
+    _C._reset_busy()
+    for _ in range(10):
+        _C._note_region(1_000, 400_000)      # waits under 0.5 ms never count
+        _C._note_region(10_000_000, 2_000_000)  # nor waits under a quarter of the work
+    assert not _C._machine_busy()
+
+
+@pytest.mark.skipif(_back_off_disabled(), reason="GLASSBOX_ADAPTIVE_THREADS=0")
+def test_back_off_keeps_results_and_ends(clean_back_off, restore_threads):
+    """While backed off, a forward (on one thread) gives the same logits bitwise; the state
+    is not sticky beyond its 2 s (checked through _reset_busy, not by sleeping)."""
+    glassbox.set_num_threads(2)
+    m = HookedTransformer.from_pretrained("glassbox/tiny-gpt2-ioi")
+    toks = m.to_tokens(["When Mary and John went to the store, John gave a drink to"] * 4)
+    ref = np.asarray(m(toks))
+    for _ in range(3):
+        _C._note_region(1_000_000, 2_000_000)
+    assert _C._machine_busy()
+    assert np.array_equal(np.asarray(m(toks)), ref)
+    _C._reset_busy()
+    assert not _C._machine_busy()
+
+
+def test_note_region_rejects_negative_times():
+    with pytest.raises(ValueError, match="wait_ns=-1"):
+        _C._note_region(0, -1)

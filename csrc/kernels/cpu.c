@@ -95,6 +95,11 @@ void gb_note_barrier_wait(int64_t work_ns, int64_t wait_ns) {
     }
 }
 
+void gb_reset_busy(void) {
+    atomic_store_explicit(&busy_strikes, 0, memory_order_relaxed);
+    atomic_store_explicit(&busy_until_ns, 0, memory_order_relaxed);
+}
+
 int gb_machine_busy(void) {
     const long long until = atomic_load_explicit(&busy_until_ns, memory_order_relaxed);
     return until != 0 && gb_now_ns() < until;

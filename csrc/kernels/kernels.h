@@ -62,6 +62,7 @@ int gb_threads_for(int64_t work);
  * its wait at the closing barrier; a long wait makes gb_threads_for return 1 for 0.5 s. */
 void gb_note_barrier_wait(int64_t work_ns, int64_t wait_ns);
 int gb_machine_busy(void);
+void gb_reset_busy(void); /* forget the back-off state (tests) */
 /* The team for a kernel's parallel region: gb_max_threads(), or 1 while the machine is busy. */
 int gb_team_size(void);
 int64_t gb_now_ns(void);

@@ -64,7 +64,7 @@ LIBSTDCXX="$("$CC" -print-file-name=libstdc++.so.6)"
 if [ -e "$LIBSTDCXX" ]; then export LD_PRELOAD="$LIBASAN $LIBSTDCXX"; else export LD_PRELOAD="$LIBASAN"; fi
 export ASAN_OPTIONS="detect_leaks=0:abort_on_error=1:halt_on_error=1:allocator_may_return_null=1"
 export UBSAN_OPTIONS="halt_on_error=1:abort_on_error=1:print_stacktrace=1"
-export PYTHONMALLOC=malloc
+export PYTHONMALLOC="${PYTHONMALLOC:-malloc}"  # PYTHONMALLOC=pymalloc: faster, Python objects unchecked
 export GLASSBOX_SANITIZED=1
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-2}"
 export PYTHONDONTWRITEBYTECODE=1

@@ -113,6 +113,15 @@ class WebSocket:
         self.sock.close()
 
 
+def _browser_env() -> Dict[str, str]:
+    """The browser's environment: ours, minus the sanitizer runtime that tests/run_sanitized.sh
+    preloads into every child (Chromium is not glassbox and does not run under ASan)."""
+    env = dict(os.environ)
+    for k in ("LD_PRELOAD", "ASAN_OPTIONS", "UBSAN_OPTIONS", "PYTHONMALLOC"):
+        env.pop(k, None)
+    return env
+
+
 class Browser:
     """One headless Chromium with one page. Use as a context manager."""
 
@@ -126,7 +135,7 @@ class Browser:
              "--disable-component-update", "--disable-default-apps", f"--window-size={width},{height}",
              "--remote-debugging-address=127.0.0.1", "--remote-debugging-port=0", f"--user-data-dir={self.profile}",
              "about:blank"],
-            stdout=subprocess.DEVNULL, stderr=self._log, start_new_session=True)
+            stdout=subprocess.DEVNULL, stderr=self._log, start_new_session=True, env=_browser_env())
         try:
             port = self._port()
             self.ws = self._page_socket(port)

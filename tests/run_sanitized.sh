@@ -62,7 +62,8 @@ print(" ".join(i for i in ("scalar", "avx2", "avx512") if C.isa_supported(i)))')
 # later (matplotlib's ft2font, torch) that throws would otherwise hit a failed ASan CHECK
 LIBSTDCXX="$("$CC" -print-file-name=libstdc++.so.6)"
 if [ -e "$LIBSTDCXX" ]; then export LD_PRELOAD="$LIBASAN $LIBSTDCXX"; else export LD_PRELOAD="$LIBASAN"; fi
-export ASAN_OPTIONS="detect_leaks=0:abort_on_error=1:halt_on_error=1:allocator_may_return_null=1"
+# max_allocation_size_mb: the fuzz harnesses' 4 GiB cap (an RLIMIT_AS cap cannot work under ASan)
+export ASAN_OPTIONS="detect_leaks=0:abort_on_error=1:halt_on_error=1:allocator_may_return_null=1:max_allocation_size_mb=4096"
 export UBSAN_OPTIONS="halt_on_error=1:abort_on_error=1:print_stacktrace=1"
 export PYTHONMALLOC="${PYTHONMALLOC:-malloc}"  # PYTHONMALLOC=pymalloc: faster, Python objects unchecked
 export GLASSBOX_SANITIZED=1

@@ -55,7 +55,14 @@ def instrumented():
 
 
 def limit_memory(gib: float = 4.0) -> None:
-    """Cap this process's address space (a huge allocation becomes a MemoryError)."""
+    """Cap this process's address space (a huge allocation becomes a MemoryError).
+
+    Not under AddressSanitizer (tests/run_sanitized.sh preloads it): ASan reserves terabytes of
+    address space for its shadow memory, so any cap kills it at start; there the cap per
+    allocation is ASan's own (``max_allocation_size_mb`` in ``ASAN_OPTIONS``, set by that
+    script; with ``allocator_may_return_null=1`` a bigger request is a MemoryError)."""
+    if "libasan" in os.environ.get("LD_PRELOAD", ""):
+        return
     limit = int(gib * 2**30)
     soft, hard = resource.getrlimit(resource.RLIMIT_AS)
     if hard != resource.RLIM_INFINITY and hard < limit:

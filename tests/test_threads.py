@@ -201,6 +201,8 @@ def test_back_off_keeps_results_and_ends(clean_back_off, restore_threads):
     assert not _C._machine_busy()
 
 
-def test_note_region_rejects_negative_times():
+def test_note_region_rejects_negative_times(clean_back_off):
     with pytest.raises(ValueError, match="wait_ns=-1"):
         _C._note_region(0, -1)
+    _C._note_region(2**63 - 1, 2**62)  # huge times: no overflow in the comparison (UBSan)
+    assert not _C._machine_busy()

@@ -85,7 +85,7 @@ void gb_note_barrier_wait(int64_t work_ns, int64_t wait_ns) {
         adaptive = !(e && e[0] == '0');
     }
     if (!adaptive) return;
-    if (!(wait_ns > 500000 && 4 * wait_ns > work_ns)) {
+    if (!(wait_ns > 500000 && wait_ns > work_ns / 4)) { /* (no 4 * wait_ns: it could overflow) */
         atomic_store_explicit(&busy_strikes, 0, memory_order_relaxed);
         return;
     }

@@ -59,7 +59,8 @@ int gb_set_max_threads(int n);
  * otherwise gb_max_threads(), never more than work / 2^20. */
 int gb_threads_for(int64_t work);
 /* Busy-machine back-off (cpu.c): after a parallel region, the calling thread's work time and
- * its wait at the closing barrier; a long wait makes gb_threads_for return 1 for 0.5 s. */
+ * its wait at the closing barrier; three long waits in a row make gb_threads_for and
+ * gb_team_size return 1 for 2 s (cpu.c). */
 void gb_note_barrier_wait(int64_t work_ns, int64_t wait_ns);
 int gb_machine_busy(void);
 void gb_reset_busy(void); /* forget the back-off state (tests) */

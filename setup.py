@@ -71,6 +71,7 @@ setup(
         Extension(
             "glassbox._C",
             sources=sources,
+            depends=sorted(glob("csrc/*.h") + glob("csrc/kernels/*.h")),  # rebuild on header edits
             include_dirs=[numpy.get_include(), "csrc", "csrc/kernels"],
             define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_20_API_VERSION")],
             extra_compile_args=compile_args,

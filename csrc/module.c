@@ -59,6 +59,28 @@ static PyObject *py_set_num_threads(PyObject *self, PyObject *arg) {
     Py_RETURN_NONE;
 }
 
+static PyObject *py_set_int8_activations(PyObject *self, PyObject *arg) {
+    if (!PyBool_Check(arg)) {
+        PyErr_Format(PyExc_TypeError, "set_int8_activations: enabled must be a bool, got %s",
+                     Py_TYPE(arg)->tp_name);
+        return NULL;
+    }
+    gb_set_int8_activations(arg == Py_True);
+    Py_RETURN_NONE;
+}
+
+static PyObject *py_int8_activations(PyObject *self, PyObject *noargs) {
+    return PyBool_FromLong(gb_int8_activations());
+}
+
+static PyObject *py_int8_kernel(PyObject *self, PyObject *args) {
+    const char *name = NULL;
+    if (!PyArg_ParseTuple(args, "|z:int8_kernel", &name)) return NULL;
+    gb_isa isa = gb_isa_current();
+    if (name && parse_isa(name, &isa) < 0) return NULL;
+    return PyUnicode_FromString(gb_int8_kernel_name(isa));
+}
+
 static PyObject *py_probe_fma(PyObject *self, PyObject *args, PyObject *kw) {
     static char *kwlist[] = {"iters", "threads", "isa", NULL};
     long long iters = 20000000;
@@ -145,6 +167,13 @@ static PyMethodDef base_methods[] = {
     {"set_num_threads", py_set_num_threads, METH_O,
      "set_num_threads(n): threads every kernel may use from now on (n >= 1), process-wide;\n"
      "0 restores OpenMP's count (OMP_NUM_THREADS, else the cores)."},
+    {"set_int8_activations", py_set_int8_activations, METH_O,
+     "set_int8_activations(enabled): GEMMs with Q8_0/Q4_0/Q4_1 weights quantise activations\n"
+     "to int8 blocks and use integer dot products (process-wide; off by default)."},
+    {"int8_activations", py_int8_activations, METH_NOARGS,
+     "int8_activations() -> bool: whether the int8-activations mode is on."},
+    {"int8_kernel", py_int8_kernel, METH_VARARGS,
+     "int8_kernel(isa=None) -> str: the int8 dot kernel the ISA (default: the one in use) runs."},
     {"probe_fma", (PyCFunction)(void (*)(void))py_probe_fma, METH_VARARGS | METH_KEYWORDS,
      "probe_fma(iters=2e7, threads=0, isa=None) -> (gflops, checksum): fp32 FMA throughput of\n"
      "the ISA (default: the one in use) on `threads` threads (0: the kernels' count)."},

@@ -29,6 +29,11 @@ from glassbox import patching  # noqa: E402,F401
 
 from glassbox.FactoredMatrix import FactoredMatrix  # noqa: E402
 from glassbox.threads import get_num_threads, set_num_threads  # noqa: E402
+from glassbox.numerics import (  # noqa: E402
+    get_int8_activations,
+    int8_activations,
+    set_int8_activations,
+)
 
 __version__ = "0.1.0"
 
@@ -58,4 +63,7 @@ __all__ = [
     "visualization",
     "set_num_threads",
     "get_num_threads",
+    "set_int8_activations",
+    "get_int8_activations",
+    "int8_activations",
 ]

@@ -687,8 +687,9 @@ __attribute__((unused)) static int gemm_blocked(const gb_gemm_kernel *kern, floa
 
 /* ---------------------------------------------------------- entry points */
 
-int gb_gemm_isa(gb_isa isa, float *C, int64_t ldc, const float *A, int64_t lda,
-                const gb_matrix *B, const float *bias, int64_t M, int accumulate) {
+static int gemm_isa(gb_isa isa, float *C, int64_t ldc, const float *A, int64_t lda,
+                    const gb_matrix *B, const float *bias, int64_t M, int accumulate,
+                    int allow_int8) {
     if (!B || !dtype_ok(B->dtype) || M < 0 || B->K < 0 || B->N < 0) return -1;
     if (!B->trans && B->N > 0 && B->group <= 0) return -1;
     if (is_block(B->dtype)) {
@@ -705,6 +706,10 @@ int gb_gemm_isa(gb_isa isa, float *C, int64_t ldc, const float *A, int64_t lda,
                 C[m * ldc + n] = bias ? out + bias[n] : out;
             }
         return 0;
+    }
+    if (allow_int8 && gb_int8_activations() && gb_int8_dtype(B->dtype)) {
+        if (!gb_isa_supported(isa)) return -1;
+        return gb_gemm_int8(isa, C, ldc, A, lda, B, bias, M, accumulate);
     }
     switch (isa) {
     case GB_ISA_SCALAR:
@@ -727,6 +732,16 @@ int gb_gemm_isa(gb_isa isa, float *C, int64_t ldc, const float *A, int64_t lda,
     default:
         return -1; /* an ISA this build cannot run */
     }
+}
+
+int gb_gemm_isa(gb_isa isa, float *C, int64_t ldc, const float *A, int64_t lda,
+                const gb_matrix *B, const float *bias, int64_t M, int accumulate) {
+    return gemm_isa(isa, C, ldc, A, lda, B, bias, M, accumulate, 1);
+}
+
+int gb_gemm_isa_float(gb_isa isa, float *C, int64_t ldc, const float *A, int64_t lda,
+                      const gb_matrix *B, const float *bias, int64_t M, int accumulate) {
+    return gemm_isa(isa, C, ldc, A, lda, B, bias, M, accumulate, 0);
 }
 
 int gb_gemm(float *C, int64_t ldc, const float *A, int64_t lda, const gb_matrix *B,

@@ -121,6 +121,8 @@ int64_t gb_dtype_block_bytes(int dtype);
 int64_t gb_dtype_row_bytes(int dtype, int64_t n);
 /* dst[0:n] = the n elements (n a multiple of the block size) stored at src. */
 void gb_dequantize_row(float *dst, const void *src, int dtype, int64_t n);
+/* IEEE binary16 -> binary32, exact for every bit pattern. */
+float gb_half_to_float(uint16_t h);
 /* out[m, :] = row tokens[m] of a [V, D] table stored as rows of `dtype`
  * (an embedding gather that widens / dequantises one row at a time). */
 void gb_embed_rows(float *out, const void *table, int dtype, const int64_t *tokens,
@@ -156,6 +158,27 @@ int gb_gemm(float *C, int64_t ldc, const float *A, int64_t lda,
 /* The same with a given ISA (tests compare each against GB_ISA_SCALAR). */
 int gb_gemm_isa(gb_isa isa, float *C, int64_t ldc, const float *A, int64_t lda,
                 const gb_matrix *B, const float *bias, int64_t M, int accumulate);
+/* gb_gemm_isa without the int8-activations mode (always the fp32 arithmetic). */
+int gb_gemm_isa_float(gb_isa isa, float *C, int64_t ldc, const float *A, int64_t lda,
+                      const gb_matrix *B, const float *bias, int64_t M, int accumulate);
+
+/* ------------------------------------------- int8 activations (quant_dot.c) */
+/* Opt-in, process-wide: GEMMs with Q8_0 / Q4_0 / Q4_1 weights quantise the activations to
+ * int8 blocks of GB_QBLOCK and use integer dot products (up to GB_INT8_DOT_ROWS rows; more
+ * rows take the same quantised activations through the fp32 GEMM).  See quant_dot.c for the
+ * exact arithmetic, identical on every ISA. */
+#define GB_QBLOCK 32
+#define GB_INT8_DOT_ROWS 8
+#define GB_INT8_NR 4 /* weight rows per kernel call */
+void gb_set_int8_activations(int on);
+int gb_int8_activations(void);
+int gb_int8_dtype(int dtype);
+int gb_cpu_has_vnni(void);
+const char *gb_int8_kernel_name(gb_isa isa);
+/* q[0:K], d[0:K/32], qs[0:K/32] = row x[0:K] in int8 blocks (K a multiple of 32). */
+void gb_quantize_act_row(int8_t *q, float *d, int32_t *qs, const float *x, int64_t K);
+int gb_gemm_int8(gb_isa isa, float *C, int64_t ldc, const float *A, int64_t lda,
+                 const gb_matrix *B, const float *bias, int64_t M, int accumulate);
 
 /* ---------------------------------------------------------------- norms */
 /* Per row m of x [M, D] (row stride ldx):

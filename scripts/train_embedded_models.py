@@ -175,7 +175,7 @@ class Data:
 # --------------------------------------------------------------------------------------------
 # models
 # --------------------------------------------------------------------------------------------
-def make_model(kind: str, vocab_size: int, untied: bool = False):
+def make_model(kind: str, vocab_size: int, untied: bool = False, n_heads: int = 0):
     import torch
     from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 
@@ -183,7 +183,7 @@ def make_model(kind: str, vocab_size: int, untied: bool = False):
     torch.manual_seed(spec["seed"])
     if kind == "gpt2":
         cfg = GPT2Config(vocab_size=vocab_size, n_positions=N_CTX, n_embd=D_MODEL, n_layer=N_LAYERS,
-                         n_head=N_HEADS, n_inner=spec["d_mlp"], activation_function="gelu_new",
+                         n_head=n_heads or N_HEADS, n_inner=spec["d_mlp"], activation_function="gelu_new",
                          resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, layer_norm_epsilon=1e-5,
                          bos_token_id=0, eos_token_id=0, pad_token_id=0,
                          tie_word_embeddings=not untied)
@@ -211,16 +211,18 @@ def weighted_loss(logits, toks, weight):
 
 def train(kind: str, tok, steps: int, lr: float, b_ioi: int, b_ind: int, log_every: int = 100,
           resume: Path = None, distinct: bool = False, alphabet: int = 0,
-          schedule: str = "cosine", untied: bool = False):
+          schedule: str = "cosine", untied: bool = False, n_heads: int = 0,
+          alphabet_until: float = 1.0, weight_decay: float = 0.05):
     """Train from scratch, or (``resume``: a saved folder) continue with the resume curriculum:
     induction segments of RESUME_LEN[0]..RESUME_LEN[1] distinct tokens, 2..RESUME_COPIES
     copies. ``distinct``: use that induction data from scratch too (instead of the curriculum).
-    ``alphabet``: mix in small-alphabet induction rows (ALPHABET_LEN). ``schedule``: after the
+    ``alphabet``: mix in small-alphabet induction rows (ALPHABET_LEN) for the first
+    ``alphabet_until`` of the steps (then distinct segments only). ``schedule``: after the
     warm-up, "cosine" decays the lr to 10%, "constant" keeps it."""
     import torch
 
     if resume is None:
-        model = make_model(kind, tok.get_vocab_size(), untied=untied)
+        model = make_model(kind, tok.get_vocab_size(), untied=untied, n_heads=n_heads)
     else:
         from transformers import AutoModelForCausalLM
 
@@ -232,9 +234,11 @@ def train(kind: str, tok, steps: int, lr: float, b_ioi: int, b_ind: int, log_eve
     data = Data(tok, seed=1000 + MODELS[kind]["seed"] + (500 if resume else 0))
     data.fixed = (RESUME_LEN, RESUME_COPIES) if resume or distinct else None
     data.alphabet = alphabet
-    decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
-    no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.05},
+    # weight decay on matrices, not on GPT-2's position embeddings (decay shrinks them below
+    # the token embeddings' scale, and the previous-token heads need them)
+    decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "wpe" not in n]
+    no_decay = [p for n, p in model.named_parameters() if p.ndim < 2 or "wpe" in n]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay},
                              {"params": no_decay, "weight_decay": 0.0}], lr=lr, betas=(0.9, 0.98))
     warm = max(1, steps // 20)
     if schedule == "constant":
@@ -246,6 +250,8 @@ def train(kind: str, tok, steps: int, lr: float, b_ioi: int, b_ind: int, log_eve
     t0 = time.time()
     hist = []
     for step in range(steps):
+        if alphabet and step == int(alphabet_until * steps):
+            data.alphabet = 0
         tn, mn, seg_len = data.induction(b_ind, step / steps)
         ln, nll_n = weighted_loss(model(torch.from_numpy(tn)).logits, torch.from_numpy(tn), torch.from_numpy(mn))
         if b_ioi:
@@ -270,7 +276,8 @@ def train(kind: str, tok, steps: int, lr: float, b_ioi: int, b_ind: int, log_eve
     model.eval()
     return model, {"steps": steps, "lr": lr, "batch_ioi": b_ioi, "batch_induction": b_ind,
                    "induction_data": "distinct" if data.fixed else "curriculum",
-                   "alphabet": alphabet, "schedule": schedule,
+                   "alphabet": alphabet, "alphabet_until": alphabet_until, "schedule": schedule,
+                   "n_heads": model.config.num_attention_heads, "weight_decay": weight_decay,
                    "seconds": round(time.time() - t0, 1), "parameters": n_params,
                    "final_ioi_loss": float(np.mean(hist[-100:], 0)[0]),
                    "final_induction_loss": float(np.mean(hist[-100:], 0)[1])}
@@ -424,6 +431,8 @@ def write_card(folder: Path, kind: str, name: str, train_info: Dict[str, Any], m
     held = ioi["names=heldout,templates=heldout"]
     ind = m["induction"]
     s = np.asarray(ind[20]["scores"])
+    until = train_info.get("alphabet_until", 1.0)
+    alpha_when = "" if until >= 1.0 else f"first {until:.0%} of the "
     lines = [
         f"# {name}",
         "",
@@ -467,7 +476,7 @@ def write_card(folder: Path, kind: str, name: str, train_info: Dict[str, Any], m
           if train_info.get("induction_data", "curriculum") == "curriculum" else
           [f"* **Induction**: `BOS` + a segment of L distinct random tokens (L uniform in {RESUME_LEN[0]}..{RESUME_LEN[1]}, "
            f"drawn from the {len(tasks.RANDOM_WORDS)} `tasks.RANDOM_WORDS`) repeated 2 to {RESUME_COPIES} times."]),
-        *([f"  In half of the steps the induction rows are instead `BOS` + x + x, x of {ALPHABET_LEN[0]}..{ALPHABET_LEN[1]} "
+        *([f"  In half of the {alpha_when}steps the induction rows are instead `BOS` + x + x, x of {ALPHABET_LEN[0]}..{ALPHABET_LEN[1]} "
            f"tokens drawn with replacement from {train_info['alphabet']} symbols (chosen per row from the same pool):",
            "  every symbol recurs within x, so only an induction lookup (what followed the current",
            "  token before) predicts the second copy (`--alphabet`)."] if train_info.get("alphabet") else []),
@@ -476,7 +485,9 @@ def write_card(folder: Path, kind: str, name: str, train_info: Dict[str, Any], m
         f"Next-token cross-entropy on every position, {train_info['steps']} steps of AdamW "
         f"(lr {train_info.get('lr', args.lr):g}, warm-up then "
         + ("constant" if train_info.get("schedule") == "constant" else "cosine decay to 10%")
-        + ", weight decay 0.05 on matrices, gradient clip 1),",
+        + f", weight decay {train_info.get('weight_decay', 0.05):g} on matrices"
+        + (" other than the position embeddings" if kind == "gpt2" and "weight_decay" in train_info else "")
+        + ", gradient clip 1),",
         f"batches of {train_info.get('batch_ioi', args.batch_ioi)} IOI + {train_info.get('batch_induction', args.batch_induction)} induction rows"
         + (" (induction only: the circuit forms first, IOI comes in the second phase)" if not train_info.get('batch_ioi', args.batch_ioi) else "")
         + ", one CPU thread, seed "
@@ -491,7 +502,11 @@ def write_card(folder: Path, kind: str, name: str, train_info: Dict[str, Any], m
         f"--lr {train_info['lr']:g} --batch-ioi {train_info['batch_ioi']} --batch-induction {train_info['batch_induction']}"
         + (" --induction-data distinct" if train_info.get("induction_data") == "distinct" else "")
         + (f" --alphabet {train_info['alphabet']}" if train_info.get("alphabet") else "")
-        + (" --schedule constant" if train_info.get("schedule") == "constant" else ""),
+        + (f" --alphabet-until {train_info['alphabet_until']:g}" if train_info.get("alphabet_until", 1.0) < 1.0 else "")
+        + (" --schedule constant" if train_info.get("schedule") == "constant" else "")
+        + (f" --weight-decay {train_info['weight_decay']:g}" if train_info.get("weight_decay", 0.05) != 0.05 else "")
+        + (f" --heads {train_info['n_heads']}" if kind == "gpt2" and train_info.get("n_heads", N_HEADS) != N_HEADS else "")
+        + (" --untied" if kind == "gpt2" and not cfg.get("tie_word_embeddings", True) else ""),
         *([f"OMP_NUM_THREADS=1 python scripts/train_embedded_models.py --only {kind} --resume "
            f"--steps {r['steps']} --lr {r['lr']:g} --batch-ioi {r['batch_ioi']} --batch-induction {r['batch_induction']}"
            + (f" --alphabet {r['alphabet']}" if r.get("alphabet") else "")
@@ -590,6 +605,10 @@ def main(argv=None) -> int:
                     help="from scratch: the length curriculum, or the --resume phase's segments of distinct tokens")
     ap.add_argument("--alphabet", type=int, default=0,
                     help="mix small-alphabet induction rows from this many symbols into half the batches (0: none)")
+    ap.add_argument("--alphabet-until", type=float, default=1.0,
+                    help="fraction of the steps with the --alphabet rows (then distinct segments only)")
+    ap.add_argument("--weight-decay", type=float, default=0.05, help="AdamW weight decay on the matrices")
+    ap.add_argument("--heads", type=int, default=0, help=f"gpt2: attention heads per layer (default {N_HEADS})")
     ap.add_argument("--schedule", choices=("cosine", "constant"), default="cosine")
     ap.add_argument("--untied", action="store_true",
                     help="gpt2: a separate lm_head instead of GPT-2's tied unembedding (experiments)")
@@ -613,7 +632,9 @@ def main(argv=None) -> int:
             model, info = train(kind, tok, args.steps, args.lr, args.batch_ioi, args.batch_induction,
                                 resume=folder if args.resume else None,
                                 distinct=args.induction_data == "distinct",
-                                alphabet=args.alphabet, schedule=args.schedule, untied=args.untied)
+                                alphabet=args.alphabet, schedule=args.schedule, untied=args.untied,
+                                n_heads=args.heads if kind == "gpt2" else 0,
+                                alphabet_until=args.alphabet_until, weight_decay=args.weight_decay)
             if args.resume:
                 before = json.loads(info_path.read_text())
                 info = {**before, "resume": info}

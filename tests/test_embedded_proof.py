@@ -3,21 +3,24 @@ known to have, and the causal checks confirm them (issue 7, "proof on the embedd
 
 * (a) **induction heads** stand out in the induction scores (``tasks.induction_scores``) *and* in
   the data the attention view embeds (``glassbox.visualization.attention_view``, decoded back
-  from its quantised payload): one head >= 0.5 while the median head is < 0.1; its
-  previous-token heads sit in the layer before;
+  from its quantised payload): the top head is one of the model's known induction heads, each of
+  them >= 0.5 while the median head is < 0.1; its previous-token heads sit in an earlier layer;
 * (b) **activation patching** over heads (``patching.get_act_patch_attn_head_out_all_pos``, clean
   -> "swap"-corrupted IOI prompts) localises the heads that carry the IOI answer: the head it
   ranks first is the one whose single-head mean ablation costs the most logit difference, the
-  top-3 of both rankings share >= 2 heads, the rankings agree over all 12 heads (Spearman
-  >= 0.6), and mean-ablating the top-3 together costs >= 40% of the logit difference and more
-  (by > 1 nat, and in accuracy) than any of 8 random triples of the other heads;
+  top-3 of both rankings share >= 2 heads, the heads with an effect are the same in both (>= 0.1
+  of the logit difference restored <=> >= 1 nat lost), and mean-ablating the top-3 together
+  costs >= 40% of the logit difference and more (by > 1 nat, and in the fraction of prompts
+  with the IO name above S) than any of 8 random triples of the other heads;
 * (c) **causal scrubbing** (``glassbox.causal_scrubbing``) of the induction circuit (previous-token
-  heads -> induction head by K-composition, on the repeated half) recovers >= 0.8 of the loss
-  with the true previous-token heads and <= 0.5 with the wrong ones, on every seed;
+  heads -> induction heads by K-composition, on the repeated half, and the later layers reading
+  them) recovers >= 0.8 of the loss with the true previous-token heads and <= 0.5 with the
+  wrong ones, on every seed;
 * (d) the **logit lens** ranks the IOI answer at 0 only in the last layers.
 
-(b) and (d) run on both embedded models; (a) and (c) on ``glassbox/tiny-llama-ioi`` only:
-``glassbox/tiny-gpt2-ioi`` has no induction head (its model card; pinned below).
+All four run on both embedded models (``glassbox/tiny-gpt2-ioi``: two induction heads in layer 1,
+L1H0 and L1H1, whose keys read the previous-token head L0H1 and the diffuse L0H3;
+``glassbox/tiny-llama-ioi``: L2H1, fed by L1H1-L1H3; their model cards).
 
 (e) the same techniques on SmolLM2-135M (real weights, GGUF), for what tests/test_demo.py does not
 already check there (it checks the induction scores, their ablation and the logit lens): the
@@ -45,16 +48,19 @@ NAMES = [GPT2, LLAMA]
 SEQ_LEN = 20
 
 #: what each model is known (from its model card, measured by scripts/train_embedded_models.py)
-#: to contain: the induction head, its previous-token heads (the K-composition circuit), and the
-#: heads head patching ranks first on IOI. The tests *find* these from the data and compare.
+#: to contain: its induction heads (one layer), their previous-token heads (the K-composition
+#: circuit), and the head head patching ranks first on IOI. The tests *find* these from the data
+#: and compare. (tiny-gpt2-ioi's two induction heads score 0.985-0.989 each: which is first
+#: depends on the sequences, so the tests accept either.)
+#: prev_heads: the clean previous-token heads (score >= 0.2); key_heads: the heads the induction
+#: heads' keys read in the circuit (causal scrubbing keeps them): in tiny-gpt2-ioi also L0H3, a
+#: diffuse head (0.10 to i - 1, 0.30 to BOS) without which the keys recover only 0.70 of the loss.
 KNOWN = {
-    GPT2: dict(induction_head=None, prev_heads=None, ioi_top1=(0, 3)),
-    LLAMA: dict(induction_head=(2, 1), prev_heads=[(1, 1), (1, 2), (1, 3)], ioi_top1=(2, 2)),
+    GPT2: dict(induction_heads=[(1, 0), (1, 1)], prev_heads=[(0, 1)], key_heads=[(0, 1), (0, 3)],
+               ioi_top1=(0, 0)),
+    LLAMA: dict(induction_heads=[(2, 1)], prev_heads=[(1, 1), (1, 2), (1, 3)],
+                key_heads=[(1, 1), (1, 2), (1, 3)], ioi_top1=(2, 2)),
 }
-#: the models that have an induction circuit: tiny-gpt2-ioi has none (top induction score 0.11,
-#: see its model card; pinned by test_gpt2_has_no_induction_head so a retrained model that
-#: grows one is noticed and added here)
-INDUCTION = [n for n in NAMES if KNOWN[n]["induction_head"] is not None]
 
 _models: dict = {}
 
@@ -90,14 +96,17 @@ def _induction_run(m, batch: int = 32, seed: int = 0):
 
 
 # ------------------------------------------------------------------ (a) induction heads
-@pytest.mark.parametrize("name", INDUCTION)
+@pytest.mark.parametrize("name", NAMES)
 def test_induction_heads_stand_out_in_scores_and_attention_view(name):
     m = model(name)
+    known = KNOWN[name]["induction_heads"]
     toks, cache = _induction_run(m)
     scores = tasks.induction_scores(cache, SEQ_LEN)
     top = np.unravel_index(np.argmax(scores), scores.shape)
-    assert tuple(map(int, top)) == KNOWN[name]["induction_head"], scores.round(3)
-    assert scores.max() >= 0.5 and np.median(scores) < 0.1, scores.round(3)
+    assert tuple(map(int, top)) in known, scores.round(3)
+    assert min(scores[h] for h in known) >= 0.5 and np.median(scores) < 0.1, scores.round(3)
+    # no head outside the known set comes close
+    assert max(scores[h] for h in _heads(m) if h not in known) < 0.3, scores.round(3)
     # the same from the data the attention view embeds in its HTML (quantised to 3 digits), one
     # view per sequence; the view's own numbers, not the cache's, are decoded and scored
     view_scores = []
@@ -110,8 +119,8 @@ def test_induction_heads_stand_out_in_scores_and_attention_view(name):
                                                    for l in range(m.cfg.n_layers)}, SEQ_LEN))
         assert view.tokens[1 + SEQ_LEN:] == view.tokens[1:1 + SEQ_LEN]  # labels: the repeat is visible
     view_scores = np.mean(view_scores, 0)
-    assert tuple(map(int, np.unravel_index(np.argmax(view_scores), view_scores.shape))) == KNOWN[name]["induction_head"]
-    assert view_scores.max() >= 0.5 and np.median(view_scores) < 0.1, view_scores.round(3)
+    assert tuple(map(int, np.unravel_index(np.argmax(view_scores), view_scores.shape))) in known
+    assert min(view_scores[h] for h in known) >= 0.5 and np.median(view_scores) < 0.1, view_scores.round(3)
     # the previous-token heads that feed it sit in an earlier layer (checked causally in (c))
     prev = _prev_token_scores(cache, m.cfg.n_layers, toks.shape[1])
     found = sorted((l, h) for l, h in _heads(m) if l < top[0] and prev[l, h] >= 0.2)
@@ -138,7 +147,8 @@ def _mean_ablation(m, batch):
                 z[:, :, hs] = means[l][None, :, hs]
             hooks.append((get_act_name("z", l), fn))
         lg = m.run_with_hooks(batch.clean_tokens, fwd_hooks=hooks)
-        return batch.accuracy(lg), float(batch.logit_diff(lg).mean())
+        ld = batch.logit_diff(lg)
+        return batch.accuracy(lg), float(ld.mean()), float((ld > 0).mean())
     return run
 
 
@@ -165,7 +175,7 @@ def test_head_patching_localises_the_heads_ablation_needs(name):
     # ablation on other prompts (same distribution, another seed): which heads does the task need?
     ha = tasks.ioi_batch(m, n=128, seed=6)
     run = _mean_ablation(m, ha)
-    acc0, ld0 = run([])
+    acc0, ld0, _ = run([])
     assert acc0 >= 0.95
     drop = np.zeros_like(patch)
     for l, h in heads:
@@ -176,63 +186,68 @@ def test_head_patching_localises_the_heads_ablation_needs(name):
           f"{ld_corr:.2f}):\n{patch.round(3)}\nmean-ablation logit-diff drop (clean {ld0:.2f}):\n{drop.round(2)}\n"
           f"Spearman {rho:.3f}")
     # the head patching ranks first is the one ablation hurts most, the top-3 share >= 2 heads,
-    # and the two rankings agree over all heads
+    # and the heads with an effect are the same: restoring >= 0.1 of the logit difference when
+    # patched <=> costing >= 1 nat when ablated. (Not a rank correlation over all heads: among
+    # the heads with no effect the order is noise; tiny-gpt2-ioi has 10 of 12 within 0.005 of
+    # zero restored, and its Spearman is 0.55 where tiny-llama-ioi's is 0.89.)
     assert by_patch[0] == KNOWN[name]["ioi_top1"] == by_drop[0], (patch.round(3), drop.round(2))
     assert len(set(by_drop[:3]) & set(by_patch[:3])) >= 2, (patch.round(3), drop.round(2))
-    assert rho >= 0.6, (rho, patch.round(3), drop.round(2))
+    with_effect = sorted(x for x in heads if patch[x] >= 0.1)
+    assert with_effect and with_effect == sorted(x for x in heads if drop[x] >= 1.0), (patch.round(3), drop.round(2))
     # the top-3 together cost far more than any 3 of the other heads
-    acc_top, ld_top = run(by_patch[:3])
+    acc_top, ld_top, win_top = run(by_patch[:3])
     rest = by_patch[3:]
     rng = np.random.default_rng(0)
     controls = [run([rest[i] for i in rng.choice(len(rest), 3, replace=False)]) for _ in range(8)]
-    ctl_acc, ctl_ld = min(a for a, _ in controls), min(d for _, d in controls)
+    ctl_acc, ctl_ld, ctl_win = (min(c[i] for c in controls) for i in range(3))
     print(f"top-3 {by_patch[:3]} mean-ablated: accuracy {acc0:.3f} -> {acc_top:.3f}, logit diff {ld0:.2f} -> "
-          f"{ld_top:.2f}; 8 random triples of the other heads: accuracy min {ctl_acc:.3f}, logit diff min {ctl_ld:.2f}")
+          f"{ld_top:.2f}, IO above S {win_top:.3f}; 8 random triples of the other heads: accuracy min "
+          f"{ctl_acc:.3f}, logit diff min {ctl_ld:.2f}, IO above S min {ctl_win:.3f}")
     assert ld_top <= 0.6 * ld0, (ld_top, ld0)
-    assert ld_top < ctl_ld - 1.0 and acc_top < ctl_acc, (acc_top, ld_top, controls)
-
-
-def test_gpt2_has_no_induction_head():
-    # the documented limit of tiny-gpt2-ioi (its model card): when a retrained model passes (a)
-    # and (c), move it into INDUCTION
-    toks, cache = _induction_run(model(GPT2))
-    assert tasks.induction_scores(cache, SEQ_LEN).max() < 0.5
+    # (IO above S, not top-1 accuracy: in tiny-gpt2-ioi, ablating the induction heads L1H0 and
+    # L1H1 lowers the top-1 accuracy to 0.37 without touching IO vs S: other tokens win)
+    assert ld_top < ctl_ld - 1.0 and win_top < ctl_win, (win_top, ld_top, controls)
 
 
 # ------------------------------------------------------------------ (c) causal scrubbing
-def induction_circuit(ind_head, prev_heads):
+def induction_circuit(ind_heads, prev_heads, n_layers: int):
     """The K-composition induction circuit as a causal-scrubbing hypothesis, on ``BOS + x + x``.
 
-    At the repeated half, the induction head's output (into the logits, and into the MLP of its
-    layer, which reads it) is computed with its *keys* reading only ``prev_heads``' outputs
-    (everything else in its key input is resampled from a random other sequence), and its
-    queries and values reading the residual stream of the same sequence. The output also reads
-    the residual stream before the induction layer (its direct paths) of the same sequence;
-    every other head of the induction layer is resampled.
+    At the repeated half, each induction head's output is computed with its *keys* reading only
+    ``prev_heads``' outputs (everything else in its key input is resampled from a random other
+    sequence), and its queries and values reading the residual stream before its layer of the
+    same sequence. Every later component (the MLP of the induction layer, then each later
+    layer's attention and MLP) and the logits read the induction heads, that residual stream
+    (the direct paths), and the later components before them, computed the same way: the other
+    heads of the induction layer are resampled everywhere.
     """
-    li, hi = ind_head
+    li = ind_heads[0][0]
+    assert all(l == li for l, _ in ind_heads)
     rep = slice(1 + SEQ_LEN, None)
     resid = f"blocks.{li}.hook_resid_pre"
+    later = [f"blocks.{li}.hook_mlp_out"] + [f"blocks.{l}.hook_{c}_out" for l in range(li + 1, n_layers)
+                                             for c in ("attn", "mlp")]
 
-    def ind():
-        return cs.Node(get_act_name("z", li), head=hi, positions=rep, label="induction",
-                       children=[cs.Node(get_act_name("z", l), head=h, via="k") for l, h in prev_heads]
-                       + [cs.Node(resid, via=("q", "v"))])
-    return cs.Hypothesis([ind(), cs.Node(resid),
-                          cs.Node(f"blocks.{li}.hook_mlp_out", children=[ind(), cs.Node(resid)])])
+    def terms(k: int) -> list:
+        """What a reader of the residual after the first k later components sees."""
+        nodes = [cs.Node(get_act_name("z", li), head=h, positions=rep, label=f"induction L{li}H{h}",
+                         children=[cs.Node(get_act_name("z", l), head=hh, via="k") for l, hh in prev_heads]
+                         + [cs.Node(resid, via=("q", "v"))]) for _, h in ind_heads]
+        nodes.append(cs.Node(resid))
+        return nodes + [cs.Node(later[i], children=terms(i)) for i in range(k)]
+    return cs.Hypothesis(terms(len(later)))
 
 
-@pytest.mark.parametrize("name", INDUCTION)
+@pytest.mark.parametrize("name", NAMES)
 def test_causal_scrubbing_true_vs_wrong_induction_circuit(name):
     m = model(name)
     toks = tasks.induction_tokens(m, batch=128, seq_len=SEQ_LEN, seed=3)
     P = toks.shape[1]
-    ind, prev = KNOWN[name]["induction_head"], KNOWN[name]["prev_heads"]
-    assert ind[0] == m.cfg.n_layers - 1  # the hypothesis below is written for a last-layer head
-    wrong = [x for x in _heads(m) if x[0] < ind[0] and x not in prev]  # every other earlier head
+    ind, prev = KNOWN[name]["induction_heads"], KNOWN[name]["key_heads"]
+    wrong = [x for x in _heads(m) if x[0] < ind[0][0] and x not in prev]  # every other earlier head
     scrubber = cs.CausalScrubber(m, toks, metric=cs.loss_metric(positions=slice(1 + SEQ_LEN, P - 1)))
-    true_r = scrubber.scrub(induction_circuit(ind, prev), seeds=3)
-    wrong_r = scrubber.scrub(induction_circuit(ind, wrong), seeds=3)
+    true_r = scrubber.scrub(induction_circuit(ind, prev, m.cfg.n_layers), seeds=3)
+    wrong_r = scrubber.scrub(induction_circuit(ind, wrong, m.cfg.n_layers), seeds=3)
     assert true_r.metric_model < 1.0 < true_r.metric_random  # a behaviour worth explaining
     t, w = true_r.fraction_recovered_per_seed, wrong_r.fraction_recovered_per_seed
     for label, r, hs in (("true", true_r, prev), ("wrong", wrong_r, wrong)):

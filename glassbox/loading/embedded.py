@@ -23,9 +23,9 @@ __all__ = ["EMBEDDED_MODELS", "embedded_models", "embedded_model_path", "is_embe
 EMBEDDED_MODELS: Dict[str, Tuple[str, str]] = {
     "glassbox/tiny-gpt2-ioi": (
         "tiny-gpt2-ioi",
-        "GPT2LMHeadModel, 3 layers, d_model 64, 4 heads (LayerNorm, learned positions, GELU); "
-        "trained on IOI prompts and repeated random tokens (IOI learned; induction only weakly, "
-        "no clean induction head)",
+        "GPT2LMHeadModel, 3 layers, d_model 64, 4 heads (LayerNorm, learned positions, GELU, "
+        "untied unembedding); trained on IOI prompts and repeated random tokens (induction "
+        "heads L1H0 and L1H1)",
     ),
     "glassbox/tiny-llama-ioi": (
         "tiny-llama-ioi",

@@ -95,6 +95,10 @@ void gb_note_barrier_wait(int64_t work_ns, int64_t wait_ns) {
     }
 }
 
+void gb_note_region(int64_t t_start_ns, int64_t busy_ns) {
+    gb_note_barrier_wait(busy_ns, gb_now_ns() - t_start_ns - busy_ns);
+}
+
 void gb_reset_busy(void) {
     atomic_store_explicit(&busy_strikes, 0, memory_order_relaxed);
     atomic_store_explicit(&busy_until_ns, 0, memory_order_relaxed);

@@ -43,6 +43,15 @@
 
 /* ------------------------------------------------------- element widening */
 
+/* A kernel's float scratch: the calling thread's reused workspace, or (when that cannot grow)
+ * a buffer of its own, returned in *owned for the caller to free (NULL otherwise). */
+static float *scratch(size_t bytes, float **owned) {
+    float *p = gb_workspace(bytes);
+    *owned = NULL;
+    if (!p) p = *owned = aligned_alloc(64, (bytes + 63) / 64 * 64);
+    return p;
+}
+
 static inline float bf16_to_f32(uint16_t h) {
     uint32_t bits = (uint32_t)h << 16; /* bf16 is the top half of an fp32 */
     float f;
@@ -401,8 +410,7 @@ static int gemm_rows_plain_avx2(float *C, int64_t ldc, const float *A, int64_t l
     nb = (nb + 7) / 8 * 8;
     const int64_t per_group = (G + nb - 1) / nb, items = ngroups * per_group;
     const size_t bytes = (size_t)nthreads * 4 * (size_t)nb * sizeof(float);
-    float *owned = NULL, *bufs = gb_workspace(bytes); /* reused between calls */
-    if (!bufs) bufs = owned = aligned_alloc(64, (bytes + 63) / 64 * 64);
+    float *owned, *bufs = scratch(bytes, &owned);
     if (!bufs) return -1;
     const gb_stop_flag *stop = gb_stop_token();
 #ifdef _OPENMP
@@ -478,8 +486,7 @@ static int gemm_dot_blocks_avx2(float *C, int64_t ldc, const float *A, int64_t l
     const int nthreads = gb_threads_for(M * N * K);
     const size_t per_thread = ((size_t)(RB * K) + 15) / 16 * 16; /* 64 B multiples */
     const size_t bytes = (size_t)nthreads * per_thread * sizeof(float);
-    float *owned = NULL, *bufs = gb_workspace(bytes); /* reused between calls */
-    if (!bufs) bufs = owned = aligned_alloc(64, (bytes + 63) / 64 * 64);
+    float *owned, *bufs = scratch(bytes, &owned);
     if (!bufs) return -1;
     const gb_stop_flag *stop = gb_stop_token();
 #ifdef _OPENMP
@@ -588,8 +595,7 @@ __attribute__((unused)) static int gemm_blocked(const gb_gemm_kernel *kern, floa
     const size_t sfl = is_block(B->dtype) ? (size_t)KC : 0;
     const size_t per_thread = (afl + sfl + 15) / 16 * 16; /* keep 64 B alignment */
     const size_t total = (shared + (size_t)nthreads * per_thread) * sizeof(float);
-    float *owned = NULL, *bufs = gb_workspace(total);
-    if (!bufs) bufs = owned = aligned_alloc(64, (total + 63) / 64 * 64);
+    float *owned, *bufs = scratch(total, &owned);
     if (!bufs) return -1;
     float *packed = bufs;
     const gb_stop_flag *stop = gb_stop_token();
@@ -680,7 +686,7 @@ __attribute__((unused)) static int gemm_blocked(const gb_gemm_kernel *kern, floa
             }
         }
     }
-    if (timing) gb_note_barrier_wait(busy0, gb_now_ns() - t_start - busy0);
+    if (timing) gb_note_region(t_start, busy0);
     free(owned);
     return 0;
 }

@@ -62,6 +62,9 @@ int gb_threads_for(int64_t work);
  * its wait at the closing barrier; three long waits in a row make gb_threads_for and
  * gb_team_size return 1 for 2 s (cpu.c). */
 void gb_note_barrier_wait(int64_t work_ns, int64_t wait_ns);
+/* The same for a region that started at t_start_ns (gb_now_ns) in which the calling thread
+ * worked busy_ns: its wait is the rest of the elapsed time. */
+void gb_note_region(int64_t t_start_ns, int64_t busy_ns);
 int gb_machine_busy(void);
 void gb_reset_busy(void); /* forget the back-off state (tests) */
 /* The team for a kernel's parallel region: gb_max_threads(), or 1 while the machine is busy. */

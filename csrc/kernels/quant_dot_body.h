@@ -1,7 +1,8 @@
 /*
  * Body of the SIMD int8 dot kernel, included by quant_dot.c once per instruction set with
  * GB_I8DOT_NAME (the function's name) and GB_I8DOT(u, s) (eight int32 lanes, lane l the sum
- * of the products of bytes 4l..4l+3 of u8 u and s8 s) defined, inside that set's target
+ * of the products of bytes 4l..4l+3 of u8 u and s8 s) defined, and GB_I8DOT_WIDE when
+ * GB_I8DOT has no int16 intermediate (VNNI: Q8_0 as w + 128, corrected by 128 * sum(x)), inside that set's target
  * pragma.  Contract and arithmetic: see int8_dot_scalar in quant_dot.c; this computes the
  * same values in the same order, four weight rows at a time with one fp32 lane per output.
  */
@@ -9,18 +10,20 @@
 #define GB_I8_CAT2(a, b) a##b
 #define GB_I8_CAT(a, b) GB_I8_CAT2(a, b)
 
-/* the f16 fields at byte `off` of four blocks, as fp32 (F16C conversion: exact) */
-static inline __attribute__((always_inline)) __m128 GB_I8_CAT(GB_I8DOT_NAME, _f16x4)(
-    const uint8_t *p0, const uint8_t *p1, const uint8_t *p2, const uint8_t *p3) {
-    uint16_t h0, h1, h2, h3;
-    memcpy(&h0, p0, 2);
-    memcpy(&h1, p1, 2);
-    memcpy(&h2, p2, 2);
-    memcpy(&h3, p3, 2);
-    /* one 64-bit move (four 2-byte stores and a 16-byte load would stall store forwarding) */
-    const uint64_t v = (uint64_t)h0 | ((uint64_t)h1 << 16) | ((uint64_t)h2 << 32) |
-                       ((uint64_t)h3 << 48);
-    return _mm_cvtph_ps(_mm_cvtsi64_si128((long long)v));
+/* The block scales of four rows as fp32 (F16C conversion: exact): dw (the f16 at byte 0) and,
+ * for Q4_1, mw (the f16 at byte 2).  One 4-byte load per row reads both (for Q8_0 / Q4_0 the
+ * upper two bytes are quants, in the block, unused); one conversion of the eight halves. */
+static inline __attribute__((always_inline)) __m128 GB_I8_CAT(GB_I8DOT_NAME, _scales4)(
+    const uint8_t *p0, const uint8_t *p1, const uint8_t *p2, const uint8_t *p3, __m128 *mw) {
+    int32_t w0, w1, w2, w3;
+    memcpy(&w0, p0, 4);
+    memcpy(&w1, p1, 4);
+    memcpy(&w2, p2, 4);
+    memcpy(&w3, p3, 4);
+    const __m256 h = _mm256_cvtph_ps(_mm_setr_epi32(w0, w1, w2, w3)); /* d0 m0 d1 m1 d2 m2 d3 m3 */
+    const __m128 lo = _mm256_castps256_ps128(h), hi = _mm256_extractf128_ps(h, 1);
+    *mw = _mm_shuffle_ps(lo, hi, _MM_SHUFFLE(3, 1, 3, 1));
+    return _mm_shuffle_ps(lo, hi, _MM_SHUFFLE(2, 0, 2, 0));
 }
 
 /* lane j of the result = the sum of v_j's 8 int32 lanes (exact integer sums) */
@@ -51,15 +54,21 @@ GB_I8_CAT(GB_I8DOT_NAME, _dtype)(const int dtype, float *C, int64_t ldc, const i
     }
     const uint8_t *p0 = rows[0], *p1 = rows[1], *p2 = rows[2], *p3 = rows[3];
     for (int64_t b = 0; b < kb; b++, p0 += bb, p1 += bb, p2 += bb, p3 += bb) {
-        const __m128 dw = GB_I8_CAT(GB_I8DOT_NAME, _f16x4)(p0, p1, p2, p3);
-        __m128 mw = _mm_setzero_ps();
-        if (dtype == GB_Q4_1) mw = GB_I8_CAT(GB_I8DOT_NAME, _f16x4)(p0 + 2, p1 + 2, p2 + 2, p3 + 2);
+        __m128 mw;
+        const __m128 dw = GB_I8_CAT(GB_I8DOT_NAME, _scales4)(p0, p1, p2, p3, &mw);
         __m256i u0, u1, u2, u3;
         if (dtype == GB_Q8_0) {
             u0 = _mm256_loadu_si256((const __m256i *)(p0 + off));
             u1 = _mm256_loadu_si256((const __m256i *)(p1 + off));
             u2 = _mm256_loadu_si256((const __m256i *)(p2 + off));
             u3 = _mm256_loadu_si256((const __m256i *)(p3 + off));
+#ifdef GB_I8DOT_WIDE
+            const __m256i bias128 = _mm256_set1_epi8((char)0x80); /* s8 w -> u8 w + 128 */
+            u0 = _mm256_xor_si256(u0, bias128);
+            u1 = _mm256_xor_si256(u1, bias128);
+            u2 = _mm256_xor_si256(u2, bias128);
+            u3 = _mm256_xor_si256(u3, bias128);
+#endif
         } else {
 #define GB_I8_NIBBLES(p)                                                        \
     _mm256_set_m128i(                                                           \
@@ -75,13 +84,24 @@ GB_I8_CAT(GB_I8DOT_NAME, _dtype)(const int dtype, float *C, int64_t ldc, const i
             if (m >= mr) break;
             const __m256i x = _mm256_loadu_si256((const __m256i *)(qa + m * K + b * GB_QBLOCK));
             __m256i s0, s1, s2, s3;
+#ifdef GB_I8DOT_WIDE
             if (dtype == GB_Q8_0) {
-                /* w * x = |w| * (x with w's sign): u8 x s8 without overflow */
+                /* no int16 step: (w + 128) as u8 against x, minus 128 * sum(x) below */
+                s0 = GB_I8DOT(u0, x);
+                s1 = GB_I8DOT(u1, x);
+                s2 = GB_I8DOT(u2, x);
+                s3 = GB_I8DOT(u3, x);
+            } else
+#else
+            if (dtype == GB_Q8_0) {
+                /* w * x = |w| * (x with w's sign): u8 x s8 without int16 overflow */
                 s0 = GB_I8DOT(_mm256_sign_epi8(u0, u0), _mm256_sign_epi8(x, u0));
                 s1 = GB_I8DOT(_mm256_sign_epi8(u1, u1), _mm256_sign_epi8(x, u1));
                 s2 = GB_I8DOT(_mm256_sign_epi8(u2, u2), _mm256_sign_epi8(x, u2));
                 s3 = GB_I8DOT(_mm256_sign_epi8(u3, u3), _mm256_sign_epi8(x, u3));
-            } else {
+            } else
+#endif
+            {
                 s0 = GB_I8DOT(u0, x);
                 s1 = GB_I8DOT(u1, x);
                 s2 = GB_I8DOT(u2, x);
@@ -91,6 +111,9 @@ GB_I8_CAT(GB_I8DOT_NAME, _dtype)(const int dtype, float *C, int64_t ldc, const i
             const float dx = da[m * kb + b];
             const int32_t qs = qsa[m * kb + b];
             if (dtype == GB_Q4_0) isum = _mm_sub_epi32(isum, _mm_set1_epi32(8 * qs));
+#ifdef GB_I8DOT_WIDE
+            if (dtype == GB_Q8_0) isum = _mm_sub_epi32(isum, _mm_set1_epi32(128 * qs));
+#endif
             __m128 term = _mm_mul_ps(_mm_mul_ps(dw, _mm_set1_ps(dx)), _mm_cvtepi32_ps(isum));
             if (dtype == GB_Q4_1)
                 term = _mm_add_ps(term, _mm_mul_ps(mw, _mm_set1_ps(dx * (float)qs)));

@@ -467,10 +467,19 @@ def gemm_worker(args) -> None:
     big = np.ones(1 << 27, np.float32)  # 512 MB
     bw = statistics.median(_C.probe_read(big, threads)[0] for _ in range(5))
     del big
-    for dtype in ("f32", "bf16"):
-        K, N = 2048, 16384 if dtype == "f32" else 32768  # 128 MB of weights either way
+    for dtype in ("f32", "bf16", "Q8_0 int8"):
+        K, N = 2048, {"f32": 16384, "bf16": 32768}.get(dtype, 61440)  # 128-134 MB of weights
         A = rng.standard_normal((1, K), dtype=np.float32)
-        if dtype == "f32":
+        if dtype == "Q8_0 int8":  # GGUF Q8_0 blocks (f16 scale 2^-7, random int8), int8 activations
+            W = rng.integers(0, 256, size=(N, K // 32, 34), dtype=np.uint8)
+            W[:, :, 0], W[:, :, 1] = 0x00, 0x20
+            W = W.reshape(N, K // 32 * 34)
+
+            def fn():
+                with glassbox.int8_activations():
+                    return _C.gemm(A, W, trans=True, dtype="Q8_0")
+            nbytes = W.nbytes
+        elif dtype == "f32":
             W = rng.standard_normal((N, K), dtype=np.float32)
             fn = lambda: _C.gemm(A, W, trans=True)  # noqa: E731
             nbytes = W.nbytes

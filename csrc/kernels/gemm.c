@@ -41,7 +41,7 @@
 #include <omp.h>
 #endif
 
-/* ------------------------------------------------------- element widening */
+/* ------------------------------------------------------------- scratch */
 
 /* A kernel's float scratch: the calling thread's reused workspace, or (when that cannot grow)
  * a buffer of its own, returned in *owned for the caller to free (NULL otherwise). */
@@ -51,6 +51,8 @@ static float *scratch(size_t bytes, float **owned) {
     if (!p) p = *owned = aligned_alloc(64, (bytes + 63) / 64 * 64);
     return p;
 }
+
+/* ------------------------------------------------------- element widening */
 
 static inline float bf16_to_f32(uint16_t h) {
     uint32_t bits = (uint32_t)h << 16; /* bf16 is the top half of an fp32 */

@@ -2,8 +2,8 @@
  * Body of the SIMD int8 dot kernel, included by quant_dot.c once per instruction set with
  * GB_I8DOT_NAME (the function's name) and GB_I8DOT(u, s) (eight int32 lanes, lane l the sum
  * of the products of bytes 4l..4l+3 of u8 u and s8 s) defined, and GB_I8DOT_WIDE when
- * GB_I8DOT has no int16 intermediate (VNNI: Q8_0 as w + 128, corrected by 128 * sum(x)), inside that set's target
- * pragma.  Contract and arithmetic: see int8_dot_scalar in quant_dot.c; this computes the
+ * GB_I8DOT has no int16 intermediate (VNNI: Q8_0 as w + 128, corrected by 128 * sum(x)),
+ * inside that set's target pragma.  Contract and arithmetic: see int8_dot_scalar in quant_dot.c; this computes the
  * same values in the same order, four weight rows at a time with one fp32 lane per output.
  */
 
@@ -84,15 +84,9 @@ GB_I8_CAT(GB_I8DOT_NAME, _dtype)(const int dtype, float *C, int64_t ldc, const i
             if (m >= mr) break;
             const __m256i x = _mm256_loadu_si256((const __m256i *)(qa + m * K + b * GB_QBLOCK));
             __m256i s0, s1, s2, s3;
-#ifdef GB_I8DOT_WIDE
-            if (dtype == GB_Q8_0) {
-                /* no int16 step: (w + 128) as u8 against x, minus 128 * sum(x) below */
-                s0 = GB_I8DOT(u0, x);
-                s1 = GB_I8DOT(u1, x);
-                s2 = GB_I8DOT(u2, x);
-                s3 = GB_I8DOT(u3, x);
-            } else
-#else
+            /* (with GB_I8DOT_WIDE, Q8_0 takes the plain path: w + 128 as u8 against x, less
+             * 128 * sum(x) below) */
+#ifndef GB_I8DOT_WIDE
             if (dtype == GB_Q8_0) {
                 /* w * x = |w| * (x with w's sign): u8 x s8 without int16 overflow */
                 s0 = GB_I8DOT(_mm256_sign_epi8(u0, u0), _mm256_sign_epi8(x, u0));

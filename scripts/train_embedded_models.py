@@ -592,7 +592,8 @@ def write_card(folder: Path, kind: str, name: str, train_info: Dict[str, Any], m
     (folder / "README.md").write_text("\n".join(lines))
 
 
-def main(argv=None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """The command line (the model cards' commands use it; tests parse them with it)."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", default=str(ROOT / "glassbox" / "models"), help="parent folder of the model folders")
     ap.add_argument("--only", choices=sorted(MODELS), action="append", help="train only this model")
@@ -614,7 +615,11 @@ def main(argv=None) -> int:
                     help="gpt2: a separate lm_head instead of GPT-2's tied unembedding (experiments)")
     ap.add_argument("--resume", action="store_true",
                     help="continue training the saved folders (fresh optimizer, the RESUME_* induction curriculum)")
-    args = ap.parse_args(argv)
+    return ap
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
 
     import torch
 

@@ -14,8 +14,8 @@ known to have, and the causal checks confirm them (issue 7, "proof on the embedd
   with the IO name above S) than any of 8 random triples of the other heads;
 * (c) **causal scrubbing** (``glassbox.causal_scrubbing``) of the induction circuit (previous-token
   heads -> induction heads by K-composition, on the repeated half, and the later layers reading
-  them) recovers >= 0.8 of the loss with the true previous-token heads and <= 0.5 with the
-  wrong ones, on every seed;
+  them) recovers >= 0.8 of the loss with the true key heads (the previous-token heads; on
+  tiny-gpt2-ioi also the diffuse L0H3) and <= 0.5 with the other earlier heads, on every seed;
 * (d) the **logit lens** ranks the IOI answer at 0 only in the last layers.
 
 All four run on both embedded models (``glassbox/tiny-gpt2-ioi``: two induction heads in layer 1,

@@ -84,6 +84,51 @@ void gb_quantize_act_row(int8_t *q, float *d, int32_t *qs, const float *x, int64
     }
 }
 
+/* ------------------------------------------------------------- scalar reference */
+
+static inline uint16_t rd16(const uint8_t *p) { return (uint16_t)(p[0] | ((uint16_t)p[1] << 8)); }
+
+/* C[m, j] for rows n0 + j (j < r) of W: rows[j] point at each weight row. */
+static void int8_dot_scalar(float *C, int64_t ldc, const int8_t *qa, const float *da,
+                            const int32_t *qsa, int64_t K, int64_t mr,
+                            const uint8_t *const rows[GB_INT8_NR], int64_t r, int dtype,
+                            int accumulate, const float *bias) {
+    const int64_t kb = K / GB_QBLOCK, bb = gb_dtype_block_bytes(dtype);
+    for (int64_t m = 0; m < mr; m++) {
+        for (int64_t j = 0; j < r; j++) {
+            float acc = accumulate ? C[m * ldc + j] : 0.0f;
+            for (int64_t b = 0; b < kb; b++) {
+                const uint8_t *p = rows[j] + b * bb;
+                const int8_t *x = qa + m * K + b * GB_QBLOCK;
+                const float dx = da[m * kb + b], dw = gb_half_to_float(rd16(p));
+                int32_t isum = 0;
+                if (dtype == GB_Q8_0) {
+                    for (int i = 0; i < GB_QBLOCK; i++) isum += (int32_t)(int8_t)p[2 + i] * x[i];
+                    acc = acc + (dw * dx) * (float)isum;
+                } else {
+                    const uint8_t *nib = p + (dtype == GB_Q4_1 ? 4 : 2);
+                    for (int i = 0; i < 16; i++)
+                        isum += (int32_t)(nib[i] & 15) * x[i] + (int32_t)(nib[i] >> 4) * x[i + 16];
+                    if (dtype == GB_Q4_0) {
+                        acc = acc + (dw * dx) * (float)(isum - 8 * qsa[m * kb + b]);
+                    } else {
+                        const float mw = gb_half_to_float(rd16(p + 2));
+                        acc = acc + ((dw * dx) * (float)isum + mw * (dx * (float)qsa[m * kb + b]));
+                    }
+                }
+            }
+            C[m * ldc + j] = bias ? acc + bias[j] : acc;
+        }
+    }
+}
+
+/* ------------------------------------------------------------- SIMD kernels (x86-64) */
+
+typedef void (*int8_dot_fn)(float *C, int64_t ldc, const int8_t *qa, const float *da,
+                            const int32_t *qsa, int64_t K, int64_t mr,
+                            const uint8_t *const rows[GB_INT8_NR], int64_t r, int dtype,
+                            int accumulate, const float *bias);
+
 #if defined(__x86_64__) && defined(__GNUC__)
 #include <immintrin.h>
 
@@ -136,68 +181,6 @@ static void quantize_act_row_avx2(int8_t *q, float *d, int32_t *qs, const float 
     }
 }
 #pragma GCC pop_options
-#endif
-
-/* the quantisation for `isa`: the AVX2 form (same values) on x86-64 AVX2 / AVX-512 */
-static void quantize_act_row_isa(gb_isa isa, int8_t *q, float *d, int32_t *qs, const float *x,
-                                 int64_t K) {
-#if defined(__x86_64__) && defined(__GNUC__)
-    if (isa == GB_ISA_AVX512 || isa == GB_ISA_AVX2) {
-        quantize_act_row_avx2(q, d, qs, x, K);
-        return;
-    }
-#endif
-    (void)isa;
-    gb_quantize_act_row(q, d, qs, x, K);
-}
-
-/* ------------------------------------------------------------- scalar reference */
-
-static inline uint16_t rd16(const uint8_t *p) { return (uint16_t)(p[0] | ((uint16_t)p[1] << 8)); }
-
-/* C[m, j] for rows n0 + j (j < r) of W: rows[j] point at each weight row. */
-static void int8_dot_scalar(float *C, int64_t ldc, const int8_t *qa, const float *da,
-                            const int32_t *qsa, int64_t K, int64_t mr,
-                            const uint8_t *const rows[GB_INT8_NR], int64_t r, int dtype,
-                            int accumulate, const float *bias) {
-    const int64_t kb = K / GB_QBLOCK, bb = gb_dtype_block_bytes(dtype);
-    for (int64_t m = 0; m < mr; m++) {
-        for (int64_t j = 0; j < r; j++) {
-            float acc = accumulate ? C[m * ldc + j] : 0.0f;
-            for (int64_t b = 0; b < kb; b++) {
-                const uint8_t *p = rows[j] + b * bb;
-                const int8_t *x = qa + m * K + b * GB_QBLOCK;
-                const float dx = da[m * kb + b], dw = gb_half_to_float(rd16(p));
-                int32_t isum = 0;
-                if (dtype == GB_Q8_0) {
-                    for (int i = 0; i < GB_QBLOCK; i++) isum += (int32_t)(int8_t)p[2 + i] * x[i];
-                    acc = acc + (dw * dx) * (float)isum;
-                } else {
-                    const uint8_t *nib = p + (dtype == GB_Q4_1 ? 4 : 2);
-                    for (int i = 0; i < 16; i++)
-                        isum += (int32_t)(nib[i] & 15) * x[i] + (int32_t)(nib[i] >> 4) * x[i + 16];
-                    if (dtype == GB_Q4_0) {
-                        acc = acc + (dw * dx) * (float)(isum - 8 * qsa[m * kb + b]);
-                    } else {
-                        const float mw = gb_half_to_float(rd16(p + 2));
-                        acc = acc + ((dw * dx) * (float)isum + mw * (dx * (float)qsa[m * kb + b]));
-                    }
-                }
-            }
-            C[m * ldc + j] = bias ? acc + bias[j] : acc;
-        }
-    }
-}
-
-/* ------------------------------------------------------------- SIMD kernels (x86-64) */
-
-typedef void (*int8_dot_fn)(float *C, int64_t ldc, const int8_t *qa, const float *da,
-                            const int32_t *qsa, int64_t K, int64_t mr,
-                            const uint8_t *const rows[GB_INT8_NR], int64_t r, int dtype,
-                            int accumulate, const float *bias);
-
-#if defined(__x86_64__) && defined(__GNUC__)
-#include <immintrin.h>
 
 /* AVX2: u8 x s8 products in pairs (vpmaddubsw, int16: |2 * 15 * 127| and, with the sign
  * trick for Q8_0, |2 * 128 * 127| fit without saturation), pairs of pairs (vpmaddwd). */
@@ -229,6 +212,19 @@ int gb_cpu_has_vnni(void) {
 #else
 int gb_cpu_has_vnni(void) { return 0; }
 #endif
+
+/* the quantisation for `isa`: the AVX2 form (same values) on x86-64 AVX2 / AVX-512 */
+static void quantize_act_row_isa(gb_isa isa, int8_t *q, float *d, int32_t *qs, const float *x,
+                                 int64_t K) {
+#if defined(__x86_64__) && defined(__GNUC__)
+    if (isa == GB_ISA_AVX512 || isa == GB_ISA_AVX2) {
+        quantize_act_row_avx2(q, d, qs, x, K);
+        return;
+    }
+#endif
+    (void)isa;
+    gb_quantize_act_row(q, d, qs, x, K);
+}
 
 static int8_dot_fn pick(gb_isa isa) {
 #if defined(__x86_64__) && defined(__GNUC__)

@@ -3,8 +3,9 @@
  * GB_I8DOT_NAME (the function's name) and GB_I8DOT(u, s) (eight int32 lanes, lane l the sum
  * of the products of bytes 4l..4l+3 of u8 u and s8 s) defined, and GB_I8DOT_WIDE when
  * GB_I8DOT has no int16 intermediate (VNNI: Q8_0 as w + 128, corrected by 128 * sum(x)),
- * inside that set's target pragma.  Contract and arithmetic: see int8_dot_scalar in quant_dot.c; this computes the
- * same values in the same order, four weight rows at a time with one fp32 lane per output.
+ * inside that set's target pragma.  Contract and arithmetic: see int8_dot_scalar in
+ * quant_dot.c; this computes the same values in the same order, four weight rows at a time
+ * with one fp32 lane per output.
  */
 
 #define GB_I8_CAT2(a, b) a##b

@@ -158,6 +158,29 @@ as_strided_input(PyObject *obj, const char *name, int *typenum_out,
     return (PyArrayObject *)PyArray_NewCopy(a, NPY_CORDER);
 }
 
+/* 1 if the byte ranges spanned by two arrays intersect (a conservative test). */
+static int
+overlaps(PyArrayObject *a, PyArrayObject *b)
+{
+    npy_intp alo, ahi, blo, bhi;
+    const char *pa = (const char *)PyArray_DATA(a), *pb = (const char *)PyArray_DATA(b);
+    alo = ahi = 0;
+    for (int i = 0; i < PyArray_NDIM(a); i++) {
+        npy_intp span = (PyArray_DIM(a, i) - 1) * PyArray_STRIDE(a, i);
+        if (PyArray_DIM(a, i) == 0) return 0;
+        if (span < 0) alo += span; else ahi += span;
+    }
+    blo = bhi = 0;
+    for (int i = 0; i < PyArray_NDIM(b); i++) {
+        npy_intp span = (PyArray_DIM(b, i) - 1) * PyArray_STRIDE(b, i);
+        if (PyArray_DIM(b, i) == 0) return 0;
+        if (span < 0) blo += span; else bhi += span;
+    }
+    ahi += PyArray_ITEMSIZE(a);
+    bhi += PyArray_ITEMSIZE(b);
+    return pa + alo < pb + bhi && pb + blo < pa + ahi;
+}
+
 static int
 parse_isa_name(const char *name, gb_isa *out)
 {
@@ -176,16 +199,29 @@ static PyObject *
 py_gemm(PyObject *self, PyObject *args, PyObject *kwds)
 {
     static char *kwlist[] = {"A", "B", "bias", "trans", "accumulate", "isa", "dtype", "K",
-                             NULL};
+                             "act", "gate", "residual", NULL};
     PyObject *A_obj, *B_obj, *bias_obj = Py_None, *acc_obj = Py_None, *K_obj = Py_None;
+    PyObject *gate_obj = Py_None, *resid_obj = Py_None;
     int trans = 0;
-    const char *isa_name = NULL, *dtype_name = NULL;
-    PyArrayObject *A = NULL, *B = NULL, *bias = NULL, *C = NULL;
+    const char *isa_name = NULL, *dtype_name = NULL, *act_name = NULL;
+    PyArrayObject *A = NULL, *B = NULL, *bias = NULL, *C = NULL, *gate = NULL, *resid = NULL;
     PyObject *result = NULL;
 
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OO|O$pOzzO", kwlist, &A_obj, &B_obj,
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OO|O$pOzzOzOO", kwlist, &A_obj, &B_obj,
                                      &bias_obj, &trans, &acc_obj, &isa_name, &dtype_name,
-                                     &K_obj)) {
+                                     &K_obj, &act_name, &gate_obj, &resid_obj)) {
+        return NULL;
+    }
+    gb_epilogue ep = {-1, NULL, 0, NULL, 0};
+    if (act_name) {
+        gb_act act;
+        if (gb_parse_act_name(act_name, &act) < 0) {
+            return NULL;
+        }
+        ep.act = (int)act;
+    }
+    if (gate_obj != Py_None && !act_name) {
+        PyErr_SetString(PyExc_ValueError, "gemm: gate= needs act= (C = act(gate) * (A @ B'))");
         return NULL;
     }
     int raw_dtype = -1; /* dtype= given: B is raw bytes of that gb_dtype */
@@ -399,17 +435,56 @@ py_gemm(PyObject *self, PyObject *args, PyObject *kwds)
         elem_strides(C, cst);
     }
 
+    /* epilogue operands: [M, N] float32, unit column stride */
+    if (gate_obj != Py_None) {
+        gate = as_strided_input(gate_obj, "gate", NULL, f32, 1);
+        int64_t gst[2];
+        if (!gate) {
+            goto fail;
+        }
+        if (PyArray_NDIM(gate) != 2 || PyArray_DIM(gate, 0) != M || PyArray_DIM(gate, 1) != N ||
+            elem_strides(gate, gst) < 0) {
+            PyErr_Format(PyExc_ValueError, "gemm: gate must be float32 [%lld, %lld]",
+                         (long long)M, (long long)N);
+            goto fail;
+        }
+        ep.gate = (const float *)PyArray_DATA(gate);
+        ep.ldg = gst[0];
+    }
+    if (resid_obj != Py_None) {
+        int64_t rst[2];
+        if (!PyArray_Check(resid_obj) ||
+            PyArray_TYPE((PyArrayObject *)resid_obj) != NPY_FLOAT32) {
+            PyErr_SetString(PyExc_TypeError, "gemm: residual must be a float32 numpy.ndarray");
+            goto fail;
+        }
+        resid = (PyArrayObject *)resid_obj;
+        Py_INCREF(resid);
+        if (PyArray_NDIM(resid) != 2 || PyArray_DIM(resid, 0) != M ||
+            PyArray_DIM(resid, 1) != N || !PyArray_ISWRITEABLE(resid) ||
+            !PyArray_ISALIGNED(resid) || !PyArray_ISNOTSWAPPED(resid) ||
+            elem_strides(resid, rst) < 0 || (M > 1 && rst[0] < N) ||
+            overlaps(resid, C) || overlaps(resid, A) || (gate && overlaps(resid, gate))) {
+            PyErr_Format(PyExc_ValueError,
+                         "gemm: residual must be a writeable float32 [%lld, %lld] array with "
+                         "unit column stride, sharing no memory with A, gate or the output",
+                         (long long)M, (long long)N);
+            goto fail;
+        }
+        ep.resid = (float *)PyArray_DATA(resid);
+        ep.ldr = rst[0];
+    }
+
     const float *a_ptr = (const float *)PyArray_DATA(A);
     const float *bias_ptr = bias ? (const float *)PyArray_DATA(bias) : NULL;
     float *c_ptr = (float *)PyArray_DATA(C);
     int rc;
     /* Ctrl-C stops a long product (not one accumulating into the caller's array: that would
      * leave it half updated) */
-    const int armed = accumulate ? 0 : gb_interrupt_begin();
+    const int armed = accumulate || resid ? 0 : gb_interrupt_begin();
     Py_BEGIN_ALLOW_THREADS
-    rc = isa_name ? gb_gemm_isa(isa, c_ptr, cst[0], a_ptr, ast[0], &mat, bias_ptr, M,
-                                accumulate)
-                  : gb_gemm(c_ptr, cst[0], a_ptr, ast[0], &mat, bias_ptr, M, accumulate);
+    rc = gb_gemm_isa_ep(isa, c_ptr, cst[0], a_ptr, ast[0], &mat, bias_ptr, M, accumulate,
+                        &ep);
     Py_END_ALLOW_THREADS
     if (gb_interrupt_end(armed) < 0) {
         goto fail;
@@ -426,6 +501,8 @@ fail:
     Py_XDECREF(B);
     Py_XDECREF(bias);
     Py_XDECREF(C);
+    Py_XDECREF(gate);
+    Py_XDECREF(resid);
     return result;
 }
 
@@ -572,7 +649,8 @@ done:
 
 PyMethodDef gb_gemm_methods[] = {
     {"gemm", (PyCFunction)(void (*)(void))py_gemm, METH_VARARGS | METH_KEYWORDS,
-     "gemm(A, B, bias=None, *, trans=False, accumulate=None, isa=None) -> ndarray\n\n"
+     "gemm(A, B, bias=None, *, trans=False, accumulate=None, isa=None, dtype=None, K=None,\n"
+     "     act=None, gate=None, residual=None) -> ndarray\n\n"
      "C = (accumulate if given else 0) + A @ B' + bias, computed by gb_gemm.\n"
      "  A: float32 [M, K] (row stride may exceed K).\n"
      "  B: float32, float16, or uint16 holding bfloat16 bits (widened to fp32\n"
@@ -591,6 +669,14 @@ PyMethodDef gb_gemm_methods[] = {
      "  K: with dtype, the number of elements of each row used (a multiple of\n"
      "     the block size); default: all of them (row_bytes / block bytes *\n"
      "     block elements).\n"
+     "  act: None or an activation name (relu, gelu, gelu_new, gelu_fast,\n"
+     "     gelu_pytorch_tanh, silu): the fused epilogue C = act(C), or with\n"
+     "  gate: float32 [M, N], C = act(gate) * C (gated MLP), applied after the\n"
+     "     bias inside the GEMM's pass over C.\n"
+     "  residual: float32 [M, N] array updated in place, residual += C (after\n"
+     "     the activation); C is still returned.\n"
+     "  Fused or not (small M, int8 and scalar paths apply them after the\n"
+     "  product), the result is bitwise that of the separate passes.\n"
      "Raises TypeError for wrong dtypes, ValueError for shape mismatches,\n"
      "MemoryError if the kernel cannot allocate its packing buffers.\n"
      "The GIL is released while the kernel runs."},

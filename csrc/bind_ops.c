@@ -85,7 +85,7 @@ static PyObject *or_none(PyArrayObject *a) {
 
 static float *F(PyArrayObject *a) { return a ? (float *)PyArray_DATA(a) : NULL; }
 
-static int parse_act(const char *name, gb_act *out) {
+int gb_parse_act_name(const char *name, gb_act *out) {
     static const struct {
         const char *name;
         gb_act act;
@@ -186,7 +186,7 @@ static PyObject *py_activation(PyObject *self, PyObject *args, PyObject *kw) {
     const char *name;
     gb_act act;
     if (!PyArg_ParseTupleAndKeywords(args, kw, "Os", kwlist, &xo, &name)) return NULL;
-    if (parse_act(name, &act) < 0) return NULL;
+    if (gb_parse_act_name(name, &act) < 0) return NULL;
     PyArrayObject *x = get_f32(xo, "x", 0, NPY_MAXDIMS);
     if (!x) return NULL;
     PyArrayObject *out = new_f32(PyArray_NDIM(x), PyArray_DIMS(x));
@@ -231,7 +231,7 @@ static PyObject *py_gated_activation(PyObject *self, PyObject *args, PyObject *k
     gb_act act;
     PyArrayObject *g, *u;
     if (!PyArg_ParseTupleAndKeywords(args, kw, "OOs", kwlist, &go, &uo, &name)) return NULL;
-    if (parse_act(name, &act) < 0) return NULL;
+    if (gb_parse_act_name(name, &act) < 0) return NULL;
     if (get_pair(go, uo, "gate", "up", &g, &u) < 0) return NULL;
     PyArrayObject *out = new_f32(PyArray_NDIM(g), PyArray_DIMS(g));
     if (out) {

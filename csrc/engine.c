@@ -15,6 +15,7 @@
  */
 #include <math.h>
 #include <stdlib.h>
+#include <stdatomic.h>
 #include <string.h>
 #include <stdio.h>
 
@@ -57,6 +58,20 @@ static inline int64_t slot(const gb_state *s, int site, int64_t layer) {
 }
 static inline int mode_of(const gb_state *s, int site, int64_t layer) {
     return s->plan && s->plan->mode ? s->plan->mode[slot(s, site, layer)] : GB_HOOK_NONE;
+}
+
+/* Fused GEMM epilogues (kernels.h's gb_epilogue): on by default, process-wide; off only to
+ * compare against the unfused passes (tests, benchmarks). Either way the results are bitwise
+ * the same. */
+static atomic_int g_fused_epilogues = 1;
+void gb_set_fused_epilogues(int on) { g_fused_epilogues = on ? 1 : 0; }
+int gb_fused_epilogues(void) { return g_fused_epilogues; }
+static inline int fused_epilogues_on(void) { return g_fused_epilogues; }
+
+/* The residual add can ride on the GEMM that produces attn_out / mlp_out unless a hook there
+ * may edit that output before it is added (a cache hook only reads it). */
+static inline int fuse_residual(const gb_state *s, int site, int64_t layer) {
+    return fused_epilogues_on() && mode_of(s, site, layer) != GB_HOOK_CALL;
 }
 
 /* Fire a hook point: copy into the cache, or call back. `last` is 0 for the
@@ -401,11 +416,18 @@ static int attention_stage(gb_state *s, int64_t l) {
                 for (int64_t i = 0; i < D; i++) o[i] += r[i];
             }
         }
+    } else if (fuse_residual(s, GB_SITE_ATTN_OUT, l)) {
+        /* resid += attn_out inside the GEMM (hook_attn_out still sees attn_out) */
+        gb_epilogue ep = {.act = -1, .resid = s->resid, .ldr = D};
+        if (gb_gemm_ep(attn_out, D, s->z, H * d, &lw->W_O, lw->b_O, M, 0, &ep)) return -2;
+        if (fire3(s, GB_SITE_ATTN_OUT, l, attn_out, B, P, D)) return -1;
+        goto added;
     } else {
         if (gb_gemm(attn_out, D, s->z, H * d, &lw->W_O, lw->b_O, M, 0)) return -2;
     }
     if (fire3(s, GB_SITE_ATTN_OUT, l, attn_out, B, P, D)) return -1;
     gb_add(s->resid, s->resid, attn_out, M * D);
+added:
     if (c->attn_only) return fire3(s, GB_SITE_RESID_POST, l, s->resid, B, P, D);
     return fire3(s, GB_SITE_RESID_MID, l, s->resid, B, P, D);
 }
@@ -424,24 +446,44 @@ static int mlp_stage(gb_state *s, int64_t l) {
     if (apply_norm(s, c->norm, lw->ln2_w, lw->ln2_b, n, s->scale, x, 1, GB_SITE_LN2_SCALE,
                    GB_SITE_LN2_NORMALIZED, l, 0, 1))
         return -1;
+    float *post = s->mlp_a; /* the activations hook_post sees and W_out reads */
+    const int fuse = fused_epilogues_on();
     if (c->gated_mlp) {
         if (gb_gemm(s->mlp_a, Dm, n, D, &lw->W_gate, NULL, M, 0)) return -2;
         if (fire3(s, GB_SITE_MLP_PRE, l, s->mlp_a, B, P, Dm)) return -1;
-        if (gb_gemm(s->mlp_b, Dm, n, D, &lw->W_in, NULL, M, 0)) return -2;
-        if (fire3(s, GB_SITE_MLP_PRE_LINEAR, l, s->mlp_b, B, P, Dm)) return -1;
-        gb_gated_activation(s->mlp_a, s->mlp_a, s->mlp_b, M * Dm, (gb_act)c->act);
+        if (fuse && mode_of(s, GB_SITE_MLP_PRE_LINEAR, l) == GB_HOOK_NONE) {
+            /* act(gate) * up inside the up projection's GEMM, into mlp_b */
+            gb_epilogue ep = {.act = c->act, .gate = s->mlp_a, .ldg = Dm};
+            if (gb_gemm_ep(s->mlp_b, Dm, n, D, &lw->W_in, NULL, M, 0, &ep)) return -2;
+            post = s->mlp_b;
+        } else {
+            if (gb_gemm(s->mlp_b, Dm, n, D, &lw->W_in, NULL, M, 0)) return -2;
+            if (fire3(s, GB_SITE_MLP_PRE_LINEAR, l, s->mlp_b, B, P, Dm)) return -1;
+            gb_gated_activation(s->mlp_a, s->mlp_a, s->mlp_b, M * Dm, (gb_act)c->act);
+        }
         if (lw->b_in)
-            for (int64_t m = 0; m < M; m++) gb_add(s->mlp_a + m * Dm, s->mlp_a + m * Dm, lw->b_in, Dm);
+            for (int64_t m = 0; m < M; m++) gb_add(post + m * Dm, post + m * Dm, lw->b_in, Dm);
+    } else if (fuse && mode_of(s, GB_SITE_MLP_PRE, l) == GB_HOOK_NONE) {
+        /* bias + activation inside W_in's GEMM */
+        gb_epilogue ep = {.act = c->act};
+        if (gb_gemm_ep(s->mlp_a, Dm, n, D, &lw->W_in, lw->b_in, M, 0, &ep)) return -2;
     } else {
         if (gb_gemm(s->mlp_a, Dm, n, D, &lw->W_in, lw->b_in, M, 0)) return -2;
         if (fire3(s, GB_SITE_MLP_PRE, l, s->mlp_a, B, P, Dm)) return -1;
         gb_activation(s->mlp_a, s->mlp_a, M * Dm, (gb_act)c->act);
     }
-    if (fire3(s, GB_SITE_MLP_POST, l, s->mlp_a, B, P, Dm)) return -1;
+    if (fire3(s, GB_SITE_MLP_POST, l, post, B, P, Dm)) return -1;
     float *out = s->tmp;
-    if (gb_gemm(out, D, s->mlp_a, Dm, &lw->W_out, lw->b_out, M, 0)) return -2;
-    if (fire3(s, GB_SITE_MLP_OUT, l, out, B, P, D)) return -1;
-    gb_add(s->resid, s->resid, out, M * D);
+    if (fuse_residual(s, GB_SITE_MLP_OUT, l)) {
+        /* resid += mlp_out inside W_out's GEMM (hook_mlp_out, if cached, still sees mlp_out) */
+        gb_epilogue ep = {.act = -1, .resid = s->resid, .ldr = D};
+        if (gb_gemm_ep(out, D, post, Dm, &lw->W_out, lw->b_out, M, 0, &ep)) return -2;
+        if (fire3(s, GB_SITE_MLP_OUT, l, out, B, P, D)) return -1;
+    } else {
+        if (gb_gemm(out, D, post, Dm, &lw->W_out, lw->b_out, M, 0)) return -2;
+        if (fire3(s, GB_SITE_MLP_OUT, l, out, B, P, D)) return -1;
+        gb_add(s->resid, s->resid, out, M * D);
+    }
     return fire3(s, GB_SITE_RESID_POST, l, s->resid, B, P, D);
 }
 

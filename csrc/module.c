@@ -2,6 +2,7 @@
  * files, selects the SIMD path once at import, and exposes ISA control. */
 #define GLASSBOX_NUMPY_IMPORT
 #include "bindings.h"
+#include "engine.h"
 #include "kernels.h"
 
 static PyObject *py_isa(PyObject *self, PyObject *noargs) {
@@ -67,6 +68,20 @@ static PyObject *py_set_int8_activations(PyObject *self, PyObject *arg) {
     }
     gb_set_int8_activations(arg == Py_True);
     Py_RETURN_NONE;
+}
+
+static PyObject *py_set_fused_epilogues(PyObject *self, PyObject *arg) {
+    if (!PyBool_Check(arg)) {
+        PyErr_Format(PyExc_TypeError, "set_fused_epilogues: enabled must be a bool, got %s",
+                     Py_TYPE(arg)->tp_name);
+        return NULL;
+    }
+    gb_set_fused_epilogues(arg == Py_True);
+    Py_RETURN_NONE;
+}
+
+static PyObject *py_fused_epilogues(PyObject *self, PyObject *noargs) {
+    return PyBool_FromLong(gb_fused_epilogues());
 }
 
 static PyObject *py_int8_activations(PyObject *self, PyObject *noargs) {
@@ -170,6 +185,12 @@ static PyMethodDef base_methods[] = {
     {"set_int8_activations", py_set_int8_activations, METH_O,
      "set_int8_activations(enabled): GEMMs with Q8_0/Q4_0/Q4_1 weights quantise activations\n"
      "to int8 blocks and use integer dot products (process-wide; off by default)."},
+    {"set_fused_epilogues", py_set_fused_epilogues, METH_O,
+     "set_fused_epilogues(enabled): the forward fuses bias + activation, act(gate) * up and the\n"
+     "residual adds into the GEMMs where no hook needs the intermediate (on by default;\n"
+     "process-wide). Results are bitwise the same either way: off is for comparisons."},
+    {"fused_epilogues", py_fused_epilogues, METH_NOARGS,
+     "fused_epilogues() -> bool: whether the forward fuses GEMM epilogues."},
     {"int8_activations", py_int8_activations, METH_NOARGS,
      "int8_activations() -> bool: whether the int8-activations mode is on."},
     {"int8_kernel", py_int8_kernel, METH_VARARGS,

@@ -560,9 +560,42 @@ static void pack_a(float *restrict dst, const float *A, int64_t lda,
  * against them.  Packing per (M chunk, panel) instead would read B once per M chunk. */
 #define GB_GEMM_NC 4096
 
+/* The epilogue (kernels.h) on rows [m0, m1) x columns [n0, n1) of a finished C. */
+static void epilogue_block(const gb_epilogue *ep, float *C, int64_t ldc, int64_t m0, int64_t m1,
+                           int64_t n0, int64_t n1) {
+    const int64_t n = n1 - n0;
+    for (int64_t m = m0; m < m1; m++) {
+        float *c = C + m * ldc + n0;
+        if (ep->act >= 0) {
+            if (ep->gate)
+                gb_act_range(c, ep->gate + m * ep->ldg + n0, c, n, (gb_act)ep->act);
+            else
+                gb_act_range(c, c, NULL, n, (gb_act)ep->act);
+        }
+        if (ep->resid) {
+            float *r = ep->resid + m * ep->ldr + n0;
+            for (int64_t i = 0; i < n; i++) r[i] = r[i] + c[i];
+        }
+    }
+}
+
+/* The epilogue as a pass of its own over all of C, for the paths that do not fuse it. */
+static void epilogue_after(const gb_epilogue *ep, float *C, int64_t ldc, int64_t M, int64_t N) {
+    const gb_stop_flag *stop = gb_stop_token();
+#ifdef _OPENMP
+#pragma omp parallel for schedule(static) if (M * N >= ((int64_t)1 << 15) && M > 1) \
+    num_threads(gb_team_size())
+#endif
+    for (int64_t m = 0; m < M; m++) {
+        if (gb_stop_requested(stop)) continue; /* interrupted: C is discarded */
+        epilogue_block(ep, C, ldc, m, m + 1, 0, N);
+    }
+}
+
 __attribute__((unused)) static int gemm_blocked(const gb_gemm_kernel *kern, float *C, int64_t ldc,
                         const float *A, int64_t lda, const gb_matrix *B,
-                        const float *bias, int64_t M, int accumulate) {
+                        const float *bias, int64_t M, int accumulate,
+                        const gb_epilogue *ep) {
     const int64_t K = B->K, N = B->N;
     const int64_t MR = kern->mr, NR = kern->nr;
     /* Block types: K blocks are whole quant blocks (KC rounded down to a
@@ -683,6 +716,9 @@ __attribute__((unused)) static int gemm_blocked(const gb_gemm_kernel *kern, floa
                     }
                     kern->panel(Bp, ldb, kc, nr, abuf, rows, C + m0 * ldc + n0, ldc,
                                 load, bias_here ? bias_here + n0 : NULL);
+                    /* the chunk's tile rows of this panel are final: the epilogue runs on
+                     * them while they are in cache */
+                    if (ep && k0 + kc == K) epilogue_block(ep, C, ldc, m0, m0 + rows, n0, n0 + nr);
                     if (ti) busy0 += gb_now_ns() - ti;
                 }
             }
@@ -697,7 +733,7 @@ __attribute__((unused)) static int gemm_blocked(const gb_gemm_kernel *kern, floa
 
 static int gemm_isa(gb_isa isa, float *C, int64_t ldc, const float *A, int64_t lda,
                     const gb_matrix *B, const float *bias, int64_t M, int accumulate,
-                    int allow_int8) {
+                    int allow_int8, const gb_epilogue *ep) {
     if (!B || !dtype_ok(B->dtype) || M < 0 || B->K < 0 || B->N < 0) return -1;
     if (!B->trans && B->N > 0 && B->group <= 0) return -1;
     if (is_block(B->dtype)) {
@@ -705,7 +741,10 @@ static int gemm_isa(gb_isa isa, float *C, int64_t ldc, const float *A, int64_t l
         const int64_t be = gb_dtype_block_elems(B->dtype);
         if (!B->trans || B->K % be != 0 || B->ld % be != 0 || B->ld < B->K) return -1;
     }
+    if (ep && ep->act < 0 && !ep->resid) ep = NULL; /* nothing to do */
+    if (ep && ep->act >= GB_ACT_COUNT) return -1;
     if (M == 0 || B->N == 0) return 0;
+    int rc;
     if (B->K == 0) {
         /* empty sum: C = (accumulate ? C : 0) + bias */
         for (int64_t m = 0; m < M; m++)
@@ -713,43 +752,60 @@ static int gemm_isa(gb_isa isa, float *C, int64_t ldc, const float *A, int64_t l
                 float out = accumulate ? C[m * ldc + n] : 0.0f;
                 C[m * ldc + n] = bias ? out + bias[n] : out;
             }
-        return 0;
-    }
-    if (allow_int8 && gb_int8_activations() && gb_int8_dtype(B->dtype)) {
+        rc = 0;
+    } else if (allow_int8 && gb_int8_activations() && gb_int8_dtype(B->dtype)) {
         if (!gb_isa_supported(isa)) return -1;
-        return gb_gemm_int8(isa, C, ldc, A, lda, B, bias, M, accumulate);
-    }
-    switch (isa) {
-    case GB_ISA_SCALAR:
-        return gemm_scalar(C, ldc, A, lda, B, bias, M, accumulate);
+        rc = gb_gemm_int8(isa, C, ldc, A, lda, B, bias, M, accumulate);
+    } else {
+        switch (isa) {
+        case GB_ISA_SCALAR:
+            rc = gemm_scalar(C, ldc, A, lda, B, bias, M, accumulate);
+            break;
 #if defined(__x86_64__) && defined(__GNUC__)
-    case GB_ISA_AVX512:
-    case GB_ISA_AVX2:
-        if (!gb_isa_supported(isa)) return -1;
-        /* small M (generation, one position of a sweep): bandwidth-bound, so the AVX2
-         * streaming kernels, on AVX-512 CPUs too; larger M: the ISA's blocked GEMM */
-        if (!B->trans && B->dtype == GB_F32 && M <= 8)
-            return gemm_rows_plain_avx2(C, ldc, A, lda, B, bias, M, accumulate);
-        if (B->trans && (B->dtype == GB_F32 || B->dtype == GB_BF16) && M <= 8)
-            return gemm_dot_avx2(C, ldc, A, lda, B, bias, M, accumulate);
-        if (is_block(B->dtype) && M <= 8)
-            return gemm_dot_blocks_avx2(C, ldc, A, lda, B, bias, M, accumulate);
-        return gemm_blocked(isa == GB_ISA_AVX512 ? &kernel_avx512 : &kernel_avx2, C, ldc, A, lda,
-                            B, bias, M, accumulate);
+        case GB_ISA_AVX512:
+        case GB_ISA_AVX2:
+            if (!gb_isa_supported(isa)) return -1;
+            /* small M (generation, one position of a sweep): bandwidth-bound, so the AVX2
+             * streaming kernels, on AVX-512 CPUs too; larger M: the ISA's blocked GEMM,
+             * which runs the epilogue itself */
+            if (!B->trans && B->dtype == GB_F32 && M <= 8)
+                rc = gemm_rows_plain_avx2(C, ldc, A, lda, B, bias, M, accumulate);
+            else if (B->trans && (B->dtype == GB_F32 || B->dtype == GB_BF16) && M <= 8)
+                rc = gemm_dot_avx2(C, ldc, A, lda, B, bias, M, accumulate);
+            else if (is_block(B->dtype) && M <= 8)
+                rc = gemm_dot_blocks_avx2(C, ldc, A, lda, B, bias, M, accumulate);
+            else
+                return gemm_blocked(isa == GB_ISA_AVX512 ? &kernel_avx512 : &kernel_avx2, C,
+                                    ldc, A, lda, B, bias, M, accumulate, ep);
+            break;
 #endif
-    default:
-        return -1; /* an ISA this build cannot run */
+        default:
+            return -1; /* an ISA this build cannot run */
+        }
     }
+    if (rc == 0 && ep) epilogue_after(ep, C, ldc, M, B->N);
+    return rc;
+}
+
+int gb_gemm_isa_ep(gb_isa isa, float *C, int64_t ldc, const float *A, int64_t lda,
+                   const gb_matrix *B, const float *bias, int64_t M, int accumulate,
+                   const gb_epilogue *ep) {
+    return gemm_isa(isa, C, ldc, A, lda, B, bias, M, accumulate, 1, ep);
+}
+
+int gb_gemm_ep(float *C, int64_t ldc, const float *A, int64_t lda, const gb_matrix *B,
+               const float *bias, int64_t M, int accumulate, const gb_epilogue *ep) {
+    return gemm_isa(gb_isa_current(), C, ldc, A, lda, B, bias, M, accumulate, 1, ep);
 }
 
 int gb_gemm_isa(gb_isa isa, float *C, int64_t ldc, const float *A, int64_t lda,
                 const gb_matrix *B, const float *bias, int64_t M, int accumulate) {
-    return gemm_isa(isa, C, ldc, A, lda, B, bias, M, accumulate, 1);
+    return gemm_isa(isa, C, ldc, A, lda, B, bias, M, accumulate, 1, NULL);
 }
 
 int gb_gemm_isa_float(gb_isa isa, float *C, int64_t ldc, const float *A, int64_t lda,
                       const gb_matrix *B, const float *bias, int64_t M, int accumulate) {
-    return gemm_isa(isa, C, ldc, A, lda, B, bias, M, accumulate, 0);
+    return gemm_isa(isa, C, ldc, A, lda, B, bias, M, accumulate, 0, NULL);
 }
 
 int gb_gemm(float *C, int64_t ldc, const float *A, int64_t lda, const gb_matrix *B,

@@ -165,6 +165,33 @@ int gb_gemm_isa(gb_isa isa, float *C, int64_t ldc, const float *A, int64_t lda,
 int gb_gemm_isa_float(gb_isa isa, float *C, int64_t ldc, const float *A, int64_t lda,
                       const gb_matrix *B, const float *bias, int64_t M, int accumulate);
 
+/* A fused epilogue: what happens to each element of C after its last K block
+ * and the bias, inside the GEMM's own pass over C (while the tile is still in
+ * cache), instead of in a separate pass over [M, N] afterwards. In order:
+ *   act >= 0, gate == NULL:  C = act(C)                 (GELU MLP, W_in)
+ *   act >= 0, gate != NULL:  C = act(gate) * C          (gated MLP: C is the up
+ *                                                        projection, gate [M, ldg])
+ *   resid != NULL:           resid = resid + C          (residual add, [M, ldr];
+ *                                                        C keeps the sum + bias)
+ * Each step is the same elementwise operation, rounded the same way, as
+ * gb_activation / gb_gated_activation / gb_add on the finished C, so a fused
+ * GEMM is bitwise the unfused GEMM followed by those passes (tested), on every
+ * path and ISA; paths that do not fuse (small M, int8, scalar) run the same
+ * steps after the product. */
+typedef struct {
+    int act;           /* gb_act, or -1: none */
+    const float *gate; /* with act: the gate values, [M, ldg] */
+    int64_t ldg;
+    float *resid; /* or NULL */
+    int64_t ldr;
+} gb_epilogue;
+/* gb_gemm / gb_gemm_isa with an epilogue (ep may be NULL). */
+int gb_gemm_ep(float *C, int64_t ldc, const float *A, int64_t lda, const gb_matrix *B,
+               const float *bias, int64_t M, int accumulate, const gb_epilogue *ep);
+int gb_gemm_isa_ep(gb_isa isa, float *C, int64_t ldc, const float *A, int64_t lda,
+                   const gb_matrix *B, const float *bias, int64_t M, int accumulate,
+                   const gb_epilogue *ep);
+
 /* ------------------------------------------- int8 activations (quant_dot.c) */
 /* Opt-in, process-wide: GEMMs with Q8_0 / Q4_0 / Q4_1 weights quantise the activations to
  * int8 blocks of GB_QBLOCK and use integer dot products (up to GB_INT8_DOT_ROWS rows; more
@@ -211,6 +238,10 @@ void gb_activation(float *out, const float *x, int64_t n, gb_act act);
 /* Gated MLP: out[i] = act(gate[i]) * up[i]; out may alias either input. */
 void gb_gated_activation(float *out, const float *gate, const float *up,
                          int64_t n, gb_act act);
+/* The calling thread's loop behind both (up == NULL: plain activation): the
+ * same values element by element, whatever n and alignment (a GEMM epilogue
+ * runs it on tile rows). */
+void gb_act_range(float *out, const float *x, const float *up, int64_t n, gb_act act);
 
 /* -------------------------------------------------------------- helpers */
 /* out[i] = a[i] + b[i]; out may alias a or b. */

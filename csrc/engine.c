@@ -60,18 +60,24 @@ static inline int mode_of(const gb_state *s, int site, int64_t layer) {
     return s->plan && s->plan->mode ? s->plan->mode[slot(s, site, layer)] : GB_HOOK_NONE;
 }
 
-/* Fused GEMM epilogues (kernels.h's gb_epilogue): on by default, process-wide; off only to
- * compare against the unfused passes (tests, benchmarks). Either way the results are bitwise
- * the same. */
-static atomic_int g_fused_epilogues = 1;
-void gb_set_fused_epilogues(int on) { g_fused_epilogues = on ? 1 : 0; }
-int gb_fused_epilogues(void) { return g_fused_epilogues; }
-static inline int fused_epilogues_on(void) { return g_fused_epilogues; }
+/* Fused GEMM epilogues (kernels.h's gb_epilogue), process-wide, each switchable: the residual
+ * adds (on by default) and the activations, bias + act and act(gate) * up (off by default:
+ * on the Xeon of session 10 they measured 1-3% slower at two threads than the separate
+ * pass, see docs/performance.md). Either way the results are bitwise the same. */
+static atomic_int g_fuse_residual = 1, g_fuse_activation = 0;
+void gb_set_fused_epilogues(int residual, int activation) {
+    g_fuse_residual = residual ? 1 : 0;
+    g_fuse_activation = activation ? 1 : 0;
+}
+void gb_fused_epilogues(int *residual, int *activation) {
+    *residual = g_fuse_residual;
+    *activation = g_fuse_activation;
+}
 
 /* The residual add can ride on the GEMM that produces attn_out / mlp_out unless a hook there
  * may edit that output before it is added (a cache hook only reads it). */
 static inline int fuse_residual(const gb_state *s, int site, int64_t layer) {
-    return fused_epilogues_on() && mode_of(s, site, layer) != GB_HOOK_CALL;
+    return g_fuse_residual && mode_of(s, site, layer) != GB_HOOK_CALL;
 }
 
 /* Fire a hook point: copy into the cache, or call back. `last` is 0 for the
@@ -447,7 +453,7 @@ static int mlp_stage(gb_state *s, int64_t l) {
                    GB_SITE_LN2_NORMALIZED, l, 0, 1))
         return -1;
     float *post = s->mlp_a; /* the activations hook_post sees and W_out reads */
-    const int fuse = fused_epilogues_on();
+    const int fuse = g_fuse_activation;
     if (c->gated_mlp) {
         if (gb_gemm(s->mlp_a, Dm, n, D, &lw->W_gate, NULL, M, 0)) return -2;
         if (fire3(s, GB_SITE_MLP_PRE, l, s->mlp_a, B, P, Dm)) return -1;

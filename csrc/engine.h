@@ -181,11 +181,12 @@ enum { GB_OK = 0, GB_ERR_CALLBACK = -1, GB_ERR_NOMEM = -2, GB_ERR_ARG = -3 };
 int gb_forward(const gb_config *cfg, const gb_weights *w, const gb_plan *plan,
                const gb_run *run, char *errbuf, size_t errlen);
 
-/* Fused GEMM epilogues in the forward (bias + activation, act(gate) * up, residual add) where
- * no hook needs the intermediate: on by default; off runs the separate passes. The results
- * are bitwise the same either way (a test). Process-wide. */
-void gb_set_fused_epilogues(int on);
-int gb_fused_epilogues(void);
+/* Fused GEMM epilogues in the forward where no hook needs the intermediate: the residual
+ * adds into W_O's and W_out's GEMMs (on by default) and bias + activation / act(gate) * up
+ * into W_in's (off by default). The results are bitwise the same either way (a test).
+ * Process-wide. */
+void gb_set_fused_epilogues(int residual, int activation);
+void gb_fused_epilogues(int *residual, int *activation);
 
 /* 1 if `site` fires for this config (flags included; unembed sites assume the
  * unembed runs). */

@@ -70,18 +70,27 @@ static PyObject *py_set_int8_activations(PyObject *self, PyObject *arg) {
     Py_RETURN_NONE;
 }
 
-static PyObject *py_set_fused_epilogues(PyObject *self, PyObject *arg) {
-    if (!PyBool_Check(arg)) {
-        PyErr_Format(PyExc_TypeError, "set_fused_epilogues: enabled must be a bool, got %s",
-                     Py_TYPE(arg)->tp_name);
+static PyObject *py_set_fused_epilogues(PyObject *self, PyObject *args, PyObject *kw) {
+    static char *kwlist[] = {"residual", "activation", NULL};
+    PyObject *r = NULL, *a = NULL;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "|$OO", kwlist, &r, &a)) return NULL;
+    int cur_r, cur_a;
+    gb_fused_epilogues(&cur_r, &cur_a);
+    if ((r && !PyBool_Check(r)) || (a && !PyBool_Check(a))) {
+        PyErr_Format(PyExc_TypeError, "set_fused_epilogues: %s must be a bool, got %s",
+                     r && !PyBool_Check(r) ? "residual" : "activation",
+                     Py_TYPE(r && !PyBool_Check(r) ? r : a)->tp_name);
         return NULL;
     }
-    gb_set_fused_epilogues(arg == Py_True);
+    gb_set_fused_epilogues(r ? r == Py_True : cur_r, a ? a == Py_True : cur_a);
     Py_RETURN_NONE;
 }
 
 static PyObject *py_fused_epilogues(PyObject *self, PyObject *noargs) {
-    return PyBool_FromLong(gb_fused_epilogues());
+    int r, a;
+    gb_fused_epilogues(&r, &a);
+    return Py_BuildValue("{s:O,s:O}", "residual", r ? Py_True : Py_False, "activation",
+                         a ? Py_True : Py_False);
 }
 
 static PyObject *py_int8_activations(PyObject *self, PyObject *noargs) {
@@ -185,12 +194,15 @@ static PyMethodDef base_methods[] = {
     {"set_int8_activations", py_set_int8_activations, METH_O,
      "set_int8_activations(enabled): GEMMs with Q8_0/Q4_0/Q4_1 weights quantise activations\n"
      "to int8 blocks and use integer dot products (process-wide; off by default)."},
-    {"set_fused_epilogues", py_set_fused_epilogues, METH_O,
-     "set_fused_epilogues(enabled): the forward fuses bias + activation, act(gate) * up and the\n"
-     "residual adds into the GEMMs where no hook needs the intermediate (on by default;\n"
-     "process-wide). Results are bitwise the same either way: off is for comparisons."},
+    {"set_fused_epilogues", (PyCFunction)(void (*)(void))py_set_fused_epilogues,
+     METH_VARARGS | METH_KEYWORDS,
+     "set_fused_epilogues(*, residual=None, activation=None): whether the forward fuses the\n"
+     "residual adds into W_O's / W_out's GEMMs (default on) and bias + activation or\n"
+     "act(gate) * up into W_in's (default off), where no hook needs the intermediate;\n"
+     "an argument left out keeps its setting. Process-wide. Results are bitwise the same\n"
+     "either way (docs/performance.md says what each measured)."},
     {"fused_epilogues", py_fused_epilogues, METH_NOARGS,
-     "fused_epilogues() -> bool: whether the forward fuses GEMM epilogues."},
+     "fused_epilogues() -> {'residual': bool, 'activation': bool}: the current settings."},
     {"int8_activations", py_int8_activations, METH_NOARGS,
      "int8_activations() -> bool: whether the int8-activations mode is on."},
     {"int8_kernel", py_int8_kernel, METH_VARARGS,

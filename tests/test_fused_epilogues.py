@@ -61,7 +61,7 @@ def bf16_bits(W):
 def restore_fusion():
     before = _C.fused_epilogues()
     yield
-    _C.set_fused_epilogues(before)
+    _C.set_fused_epilogues(**before)
 
 
 # --------------------------------------------------------------------------- the kernel
@@ -208,10 +208,10 @@ def models(zoo, fixture_root):
 
 
 def _both(fn):
-    """fn() with fusion on, then off: the two results."""
+    """fn() with every fusion on, then every fusion off: the two results."""
     out = []
     for on in (True, False):
-        _C.set_fused_epilogues(on)
+        _C.set_fused_epilogues(residual=on, activation=on)
         out.append(fn())
     return out
 
@@ -272,9 +272,25 @@ def test_hooks_that_edit_disable_the_fusion_they_would_skip(models, restore_fusi
 
 
 def test_switch(restore_fusion):
-    assert _C.fused_epilogues() is True  # the default
-    _C.set_fused_epilogues(False)
-    assert _C.fused_epilogues() is False
-    with pytest.raises(TypeError, match="enabled must be a bool"):
-        _C.set_fused_epilogues(1)
-    assert _C.fused_epilogues() is False
+    assert _C.fused_epilogues() == {"residual": True, "activation": False}  # the defaults
+    _C.set_fused_epilogues(activation=True)
+    assert _C.fused_epilogues() == {"residual": True, "activation": True}
+    _C.set_fused_epilogues(residual=False)
+    assert _C.fused_epilogues() == {"residual": False, "activation": True}
+    with pytest.raises(TypeError, match="residual must be a bool"):
+        _C.set_fused_epilogues(residual=1)
+    with pytest.raises(TypeError, match="activation must be a bool"):
+        _C.set_fused_epilogues(activation="yes")
+    with pytest.raises(TypeError):
+        _C.set_fused_epilogues(True)  # keywords only
+    assert _C.fused_epilogues() == {"residual": False, "activation": True}
+
+
+@pytest.mark.parametrize("residual,activation", [(True, False), (False, True)])
+def test_each_fusion_alone_equals_unfused(models, restore_fusion, residual, activation):
+    tokens = np.random.default_rng(2).integers(0, 500, size=(2, 33))
+    for name, model in models.items():
+        _C.set_fused_epilogues(residual=False, activation=False)
+        want = np.asarray(model(tokens))
+        _C.set_fused_epilogues(residual=residual, activation=activation)
+        assert np.array_equal(np.asarray(model(tokens)), want), name

@@ -35,6 +35,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "act_body.h"
 #include "kernels.h"
 
 #ifdef _OPENMP
@@ -560,23 +561,52 @@ static void pack_a(float *restrict dst, const float *A, int64_t lda,
  * against them.  Packing per (M chunk, panel) instead would read B once per M chunk. */
 #define GB_GEMM_NC 4096
 
-/* The epilogue (kernels.h) on rows [m0, m1) x columns [n0, n1) of a finished C. */
-static void epilogue_block(const gb_epilogue *ep, float *C, int64_t ldc, int64_t m0, int64_t m1,
-                           int64_t n0, int64_t n1) {
+/* The epilogue (kernels.h) on rows [m0, m1) x columns [n0, n1) of a finished C: the
+ * activations' own element loop (act_body.h) inlined, built portable and AVX2+FMA as
+ * activation.c builds it and chosen by the same test, so the values are those of
+ * gb_activation / gb_gated_activation; a full tile row (48 = the AVX-512 tile's and
+ * twice the AVX2 tile's width... any n works) is a fixed-length loop. */
+GB_INLINE void epilogue_rows_body(const gb_epilogue *ep, float *C, int64_t ldc, int64_t m0,
+                                  int64_t m1, int64_t n0, int64_t n1) {
     const int64_t n = n1 - n0;
     for (int64_t m = m0; m < m1; m++) {
         float *c = C + m * ldc + n0;
         if (ep->act >= 0) {
-            if (ep->gate)
-                gb_act_range(c, ep->gate + m * ep->ldg + n0, c, n, (gb_act)ep->act);
+            const float *g = ep->gate ? ep->gate + m * ep->ldg + n0 : NULL;
+            if (n == 48)
+                act_range_body(c, g ? g : c, g ? c : NULL, 48, (gb_act)ep->act);
             else
-                gb_act_range(c, c, NULL, n, (gb_act)ep->act);
+                act_range_body(c, g ? g : c, g ? c : NULL, n, (gb_act)ep->act);
         }
         if (ep->resid) {
             float *r = ep->resid + m * ep->ldr + n0;
             for (int64_t i = 0; i < n; i++) r[i] = r[i] + c[i];
         }
     }
+}
+
+static void epilogue_rows_portable(const gb_epilogue *ep, float *C, int64_t ldc, int64_t m0,
+                                   int64_t m1, int64_t n0, int64_t n1) {
+    epilogue_rows_body(ep, C, ldc, m0, m1, n0, n1);
+}
+
+#if defined(__x86_64__) && defined(__GNUC__)
+__attribute__((target("avx2,fma"))) static void epilogue_rows_avx2(
+    const gb_epilogue *ep, float *C, int64_t ldc, int64_t m0, int64_t m1, int64_t n0,
+    int64_t n1) {
+    epilogue_rows_body(ep, C, ldc, m0, m1, n0, n1);
+}
+#endif
+
+static void epilogue_block(const gb_epilogue *ep, float *C, int64_t ldc, int64_t m0, int64_t m1,
+                           int64_t n0, int64_t n1) {
+#if defined(__x86_64__) && defined(__GNUC__)
+    if (gb_isa_current() >= GB_ISA_AVX2) {
+        epilogue_rows_avx2(ep, C, ldc, m0, m1, n0, n1);
+        return;
+    }
+#endif
+    epilogue_rows_portable(ep, C, ldc, m0, m1, n0, n1);
 }
 
 /* The epilogue as a pass of its own over all of C, for the paths that do not fuse it. */

@@ -158,27 +158,28 @@ as_strided_input(PyObject *obj, const char *name, int *typenum_out,
     return (PyArrayObject *)PyArray_NewCopy(a, NPY_CORDER);
 }
 
+/* The byte range [*lo, *hi) an array's elements span; 0 if it has none. */
+static int
+byte_span(PyArrayObject *a, const char **lo, const char **hi)
+{
+    npy_intp down = 0, up = PyArray_ITEMSIZE(a);
+    for (int i = 0; i < PyArray_NDIM(a); i++) {
+        if (PyArray_DIM(a, i) == 0) return 0;
+        npy_intp span = (PyArray_DIM(a, i) - 1) * PyArray_STRIDE(a, i);
+        if (span < 0) down += span; else up += span;
+    }
+    *lo = (const char *)PyArray_DATA(a) + down;
+    *hi = (const char *)PyArray_DATA(a) + up;
+    return 1;
+}
+
 /* 1 if the byte ranges spanned by two arrays intersect (a conservative test). */
 static int
 overlaps(PyArrayObject *a, PyArrayObject *b)
 {
-    npy_intp alo, ahi, blo, bhi;
-    const char *pa = (const char *)PyArray_DATA(a), *pb = (const char *)PyArray_DATA(b);
-    alo = ahi = 0;
-    for (int i = 0; i < PyArray_NDIM(a); i++) {
-        npy_intp span = (PyArray_DIM(a, i) - 1) * PyArray_STRIDE(a, i);
-        if (PyArray_DIM(a, i) == 0) return 0;
-        if (span < 0) alo += span; else ahi += span;
-    }
-    blo = bhi = 0;
-    for (int i = 0; i < PyArray_NDIM(b); i++) {
-        npy_intp span = (PyArray_DIM(b, i) - 1) * PyArray_STRIDE(b, i);
-        if (PyArray_DIM(b, i) == 0) return 0;
-        if (span < 0) blo += span; else bhi += span;
-    }
-    ahi += PyArray_ITEMSIZE(a);
-    bhi += PyArray_ITEMSIZE(b);
-    return pa + alo < pb + bhi && pb + blo < pa + ahi;
+    const char *alo, *ahi, *blo, *bhi;
+    if (!byte_span(a, &alo, &ahi) || !byte_span(b, &blo, &bhi)) return 0;
+    return alo < bhi && blo < ahi;
 }
 
 static int

@@ -396,6 +396,7 @@ static int attention_stage(gb_state *s, int64_t l) {
     if (fire4(s, GB_SITE_Z, l, 0, s->z, B, P, H, d, 1)) return -1;
 
     float *attn_out = s->tmp;
+    int added = 0; /* resid += attn_out already done inside W_O's GEMM */
     if (c->use_attn_result) {
         /* per-head results [M, H, D] without b_O, then their sum + b_O */
         for (int64_t h = 0; h < H; h++) {
@@ -422,18 +423,13 @@ static int attention_stage(gb_state *s, int64_t l) {
                 for (int64_t i = 0; i < D; i++) o[i] += r[i];
             }
         }
-    } else if (fuse_residual(s, GB_SITE_ATTN_OUT, l)) {
-        /* resid += attn_out inside the GEMM (hook_attn_out still sees attn_out) */
-        gb_epilogue ep = {.act = -1, .resid = s->resid, .ldr = D};
-        if (gb_gemm_ep(attn_out, D, s->z, H * d, &lw->W_O, lw->b_O, M, 0, &ep)) return -2;
-        if (fire3(s, GB_SITE_ATTN_OUT, l, attn_out, B, P, D)) return -1;
-        goto added;
     } else {
-        if (gb_gemm(attn_out, D, s->z, H * d, &lw->W_O, lw->b_O, M, 0)) return -2;
+        added = fuse_residual(s, GB_SITE_ATTN_OUT, l);
+        gb_epilogue ep = {.act = -1, .resid = added ? s->resid : NULL, .ldr = D};
+        if (gb_gemm_ep(attn_out, D, s->z, H * d, &lw->W_O, lw->b_O, M, 0, &ep)) return -2;
     }
     if (fire3(s, GB_SITE_ATTN_OUT, l, attn_out, B, P, D)) return -1;
-    gb_add(s->resid, s->resid, attn_out, M * D);
-added:
+    if (!added) gb_add(s->resid, s->resid, attn_out, M * D);
     if (c->attn_only) return fire3(s, GB_SITE_RESID_POST, l, s->resid, B, P, D);
     return fire3(s, GB_SITE_RESID_MID, l, s->resid, B, P, D);
 }
@@ -480,16 +476,12 @@ static int mlp_stage(gb_state *s, int64_t l) {
     }
     if (fire3(s, GB_SITE_MLP_POST, l, post, B, P, Dm)) return -1;
     float *out = s->tmp;
-    if (fuse_residual(s, GB_SITE_MLP_OUT, l)) {
-        /* resid += mlp_out inside W_out's GEMM (hook_mlp_out, if cached, still sees mlp_out) */
-        gb_epilogue ep = {.act = -1, .resid = s->resid, .ldr = D};
-        if (gb_gemm_ep(out, D, post, Dm, &lw->W_out, lw->b_out, M, 0, &ep)) return -2;
-        if (fire3(s, GB_SITE_MLP_OUT, l, out, B, P, D)) return -1;
-    } else {
-        if (gb_gemm(out, D, post, Dm, &lw->W_out, lw->b_out, M, 0)) return -2;
-        if (fire3(s, GB_SITE_MLP_OUT, l, out, B, P, D)) return -1;
-        gb_add(s->resid, s->resid, out, M * D);
-    }
+    /* resid += mlp_out inside W_out's GEMM unless a hook may edit mlp_out first */
+    const int added = fuse_residual(s, GB_SITE_MLP_OUT, l);
+    gb_epilogue ep = {.act = -1, .resid = added ? s->resid : NULL, .ldr = D};
+    if (gb_gemm_ep(out, D, post, Dm, &lw->W_out, lw->b_out, M, 0, &ep)) return -2;
+    if (fire3(s, GB_SITE_MLP_OUT, l, out, B, P, D)) return -1;
+    if (!added) gb_add(s->resid, s->resid, out, M * D);
     return fire3(s, GB_SITE_RESID_POST, l, s->resid, B, P, D);
 }
 

@@ -31,21 +31,11 @@ __attribute__((target("avx2,fma"))) static void act_range_avx2(float *out, const
 }
 #endif
 
-typedef void (*act_range_fn)(float *, const float *, const float *, int64_t, gb_act);
-
-static act_range_fn act_range_for_isa(void) {
-#if defined(__x86_64__) && defined(__GNUC__)
-    if (gb_isa_current() >= GB_ISA_AVX2) return act_range_avx2;
-#endif
-    return act_range_portable;
-}
-
-void gb_act_range(float *out, const float *x, const float *up, int64_t n, gb_act act) {
-    act_range_for_isa()(out, x, up, n, act);
-}
-
 static void act_chunks(float *out, const float *x, const float *up, int64_t n, gb_act act) {
-    act_range_fn range = act_range_for_isa();
+    void (*range)(float *, const float *, const float *, int64_t, gb_act) = act_range_portable;
+#if defined(__x86_64__) && defined(__GNUC__)
+    if (gb_isa_current() >= GB_ISA_AVX2) range = act_range_avx2;
+#endif
     int64_t nchunks = (n + GB_ACT_CHUNK - 1) / GB_ACT_CHUNK;
     const gb_stop_flag *stop = gb_stop_token();
 #ifdef _OPENMP

@@ -564,8 +564,7 @@ static void pack_a(float *restrict dst, const float *A, int64_t lda,
 /* The epilogue (kernels.h) on rows [m0, m1) x columns [n0, n1) of a finished C: the
  * activations' own element loop (act_body.h) inlined, built portable and AVX2+FMA as
  * activation.c builds it and chosen by the same test, so the values are those of
- * gb_activation / gb_gated_activation; a full tile row (48 = the AVX-512 tile's and
- * twice the AVX2 tile's width... any n works) is a fixed-length loop. */
+ * gb_activation / gb_gated_activation. */
 GB_INLINE void epilogue_rows_body(const gb_epilogue *ep, float *C, int64_t ldc, int64_t m0,
                                   int64_t m1, int64_t n0, int64_t n1) {
     const int64_t n = n1 - n0;
@@ -573,10 +572,7 @@ GB_INLINE void epilogue_rows_body(const gb_epilogue *ep, float *C, int64_t ldc, 
         float *c = C + m * ldc + n0;
         if (ep->act >= 0) {
             const float *g = ep->gate ? ep->gate + m * ep->ldg + n0 : NULL;
-            if (n == 48)
-                act_range_body(c, g ? g : c, g ? c : NULL, 48, (gb_act)ep->act);
-            else
-                act_range_body(c, g ? g : c, g ? c : NULL, n, (gb_act)ep->act);
+            act_range_body(c, g ? g : c, g ? c : NULL, n, (gb_act)ep->act);
         }
         if (ep->resid) {
             float *r = ep->resid + m * ep->ldr + n0;

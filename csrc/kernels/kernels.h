@@ -238,10 +238,6 @@ void gb_activation(float *out, const float *x, int64_t n, gb_act act);
 /* Gated MLP: out[i] = act(gate[i]) * up[i]; out may alias either input. */
 void gb_gated_activation(float *out, const float *gate, const float *up,
                          int64_t n, gb_act act);
-/* The calling thread's loop behind both (up == NULL: plain activation): the
- * same values element by element, whatever n and alignment (a GEMM epilogue
- * runs it on tile rows). */
-void gb_act_range(float *out, const float *x, const float *up, int64_t n, gb_act act);
 
 /* -------------------------------------------------------------- helpers */
 /* out[i] = a[i] + b[i]; out may alias a or b. */

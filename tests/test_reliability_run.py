@@ -170,6 +170,39 @@ def test_hook_added_during_run_to_planned_or_past_point_fires_as_in_tl(model, to
         model.reset_hooks()
 
 
+def test_no_hook_fast_path_follows_hooks_added_and_removed_between_runs(model, toks):
+    """A plain forward skips the per-point planning pass (the fired-point plan is memoised);
+    hooks added or removed between runs of the same plan must still fire exactly then, and
+    the plain, cached and finite-checked runs must agree bitwise."""
+    plain = to_np(model(toks))
+    calls = []
+
+    def double(x, hook):
+        calls.append(hook.name)
+        return x * 2
+
+    try:
+        model.add_hook("blocks.1.hook_mlp_out", double)
+        hooked = to_np(model(toks))
+        assert calls == ["blocks.1.hook_mlp_out"]
+        assert not np.array_equal(hooked, plain)
+        model.reset_hooks()
+        assert np.array_equal(to_np(model(toks)), plain)
+        assert calls == ["blocks.1.hook_mlp_out"]
+        logits, cache = model.run_with_cache(toks)
+        assert np.array_equal(to_np(logits), plain) and len(cache) > 10
+        model.add_hook("blocks.1.hook_mlp_out", double)
+        assert np.array_equal(to_np(model(toks)), hooked)
+        assert calls == ["blocks.1.hook_mlp_out"] * 2
+    finally:
+        model.reset_hooks()
+    model.set_check_finite(True)
+    try:
+        assert np.array_equal(to_np(model(toks)), plain)
+    finally:
+        model.set_check_finite(False)
+
+
 def _patch_hook(x, hook, value):
     x[:, 1:3] = value
 

@@ -29,11 +29,11 @@ class _RunState:
 
     __slots__ = ("torch_mode", "site_names", "fired", "planned", "position", "guard")
 
-    def __init__(self, torch_mode: bool, site_names: Dict[Tuple[int, int], str], fired: List[str],
+    def __init__(self, torch_mode: bool, site_names: Dict[Tuple[int, int], str], ranks: Dict[str, int],
                  planned: set, guard: Optional[FiniteGuard] = None):
         self.torch_mode = torch_mode
         self.site_names = site_names
-        self.fired = {name: i for i, name in enumerate(fired)}  # firing rank of each point
+        self.fired = ranks  # firing rank of each point (memoised with the names: read only)
         self.planned = planned  # points the engine calls back at in this run
         self.position = -1  # rank of the point being dispatched
         self.guard = guard
@@ -343,19 +343,20 @@ class RunMixin:
         return np.ascontiguousarray(np.asarray(to_numpy(x)).astype(np.int64))
 
     def _fired_names(self, engine, start: int, stop: Optional[int], tokens_path: bool, final: bool, unembed: bool,
-                     embed_hook: bool = True, pos_hook: bool = True) -> List[str]:
-        """Hook points this run fires, in firing order (memoised per engine and flags: a
-        generation step would otherwise spend more time here than in a small model)."""
+                     embed_hook: bool = True, pos_hook: bool = True) -> Tuple[Tuple[str, ...], Dict[str, int]]:
+        """Hook points this run fires, in firing order, and each one's rank in that order
+        (memoised per engine and flags: a generation step would otherwise spend more time here
+        than in a small model). Both are shared between runs: read only."""
         key = (start, stop, tokens_path, final, unembed, embed_hook, pos_hook, tuple(engine.get_flags().values()))
         memo = self.__dict__.get("_fired_memo")
         if memo is None or memo[0] is not engine:
             memo = (engine, {})
             self.__dict__["_fired_memo"] = memo
-        names = memo[1].get(key)
-        if names is None:
-            names = memo[1][key] = self._list_fired(engine, start, stop, tokens_path, final, unembed, embed_hook,
-                                                    pos_hook)
-        return list(names)
+        plan = memo[1].get(key)
+        if plan is None:
+            names = tuple(self._list_fired(engine, start, stop, tokens_path, final, unembed, embed_hook, pos_hook))
+            plan = memo[1][key] = (names, {name: i for i, name in enumerate(names)})
+        return plan
 
     def _list_fired(self, engine, start, stop, tokens_path, final, unembed, embed_hook, pos_hook) -> List[str]:
         names = []
@@ -390,9 +391,9 @@ class RunMixin:
         tokens_path = tokens is not None or embeds is not None
         # with logit_positions the unembed's hook points do not fire (their [B, P, ...] values
         # are never formed)
-        fired = self._fired_names(engine, start, stop, tokens_path, final,
-                                  unembed and logit_positions is None,
-                                  embed_hook=embed_hooks and embeds is None)
+        fired, ranks = self._fired_names(engine, start, stop, tokens_path, final,
+                                         unembed and logit_positions is None,
+                                         embed_hook=embed_hooks and embeds is None)
         if logit_positions is not None:
             hooked = [n for n in ("unembed.hook_in", "unembed.hook_out")
                       if (n in self.hook_dict and self.hook_dict[n].fwd_hooks) or (req is not None and req.keep(n))]
@@ -403,8 +404,14 @@ class RunMixin:
         cache: Dict[Tuple[int, int], np.ndarray] = {}
         guard = FiniteGuard(fired) if self._check_finite else None
         planned = set()
-        for name in fired:
-            hp = self.hook_dict.get(name)
+        hook_dict = self.hook_dict
+        # nothing cached or checked (a plain forward, a generation step): only the points with
+        # hooks need work, found by one cheap pass (the full loop below costs ~0.6 us a point,
+        # ~0.35 ms a step on a 30-layer model)
+        todo = fired if req is not None or guard is not None else [
+            name for name in fired if (hp := hook_dict.get(name)) is not None and hp.fwd_hooks]
+        for name in todo:
+            hp = hook_dict.get(name)
             key = self._site_of[name]
             if hp is not None and hp.fwd_hooks:
                 hooks.append(key)
@@ -416,10 +423,10 @@ class RunMixin:
                     req.fast[name] = arr
                 if guard is not None:
                     guard.copies[name] = arr
-        run = _RunState(torch_mode, self._name_of, fired, planned, guard)
+        run = _RunState(torch_mode, self._name_of, ranks, planned, guard)
         if req is not None:
             req.order = (["hook_tokens"] if tokens is not None and self.cfg.use_hook_tokens and embed_hooks
-                         else []) + fired
+                         else []) + list(fired)
             req.torch_mode = torch_mode
         kwargs: Dict[str, Any] = dict(
             residual=residual,

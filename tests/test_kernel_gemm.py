@@ -265,12 +265,19 @@ THREAD_SCRIPT = textwrap.dedent(
     r = np.random.default_rng(7)
     h = hashlib.sha256()
     for isa in sys.argv[1:]:
+        # the last four: few-row streaming paths split over both threads (weights count 8x
+        # toward the threshold), N over one 8192-column block in an odd count of blocks
         for M, K, N, trans in [(257, 700, 130, False), (5, 900, 333, True),
-                               (64, 800, 1000, False), (1, 1000, 1500, False)]:
+                               (64, 800, 1000, False), (1, 1000, 1500, False),
+                               (1, 200, 17001, False), (4, 96, 50257, False), (1, 768, 768, True),
+                               (3, 768, 768, False)]:
             A = r.standard_normal((M, K), dtype=np.float32)
             B = r.standard_normal((N, K) if trans else (K, N), dtype=np.float32)
             bias = r.standard_normal(N, dtype=np.float32)
             h.update(_C.gemm(A, B, bias, trans=trans, isa=isa).tobytes())
+        A = r.standard_normal((2, 576), dtype=np.float32)  # bf16 weights (bits as uint16)
+        B16 = (r.standard_normal((1500, 576), dtype=np.float32).view(np.uint32) >> 16).astype(np.uint16)
+        h.update(_C.gemm(A, B16, trans=True, isa=isa).tobytes())
     print(_C.num_threads(), h.hexdigest())
     """
 )

@@ -395,6 +395,16 @@ void gb_gemm_rows_plain_avx2(float *C, int64_t ldc, const float *A, int64_t lda,
                              const float *Bg, int64_t ldb, int64_t M, int64_t K, int64_t nb,
                              int accumulate, const float *bias, float *acc);
 
+/* Threads for the few-row paths below: they are bound by reading (or decoding) the weights,
+ * not by FMAs, so each weight element counts as 8 multiply-adds toward gb_threads_for's
+ * threshold (the int8 path's factor, quant_dot.c).  Counted as FMAs, a 768 x 768 or 576 x 576
+ * decode GEMV ran on one thread while the other waited: GPT-2's W_Q/W_K/W_V/W_O, a third of
+ * its bytes per token. */
+static int stream_threads(int64_t M, int64_t N, int64_t K) {
+    const int64_t fmas = M * N * K, reads = N * K * 8;
+    return gb_threads_for(fmas > reads ? fmas : reads);
+}
+
 /* Small-M fp32 x @ W with W in the [K, N] layout (TransformerLens's W_in, W_out, W_U and the
  * per-head [H, d_model, d_head] panels: B->group columns contiguous per row).  Work items are
  * column blocks inside one group, as wide as possible (each thread then streams long
@@ -405,11 +415,16 @@ static int gemm_rows_plain_avx2(float *C, int64_t ldc, const float *A, int64_t l
                                 const gb_matrix *B, const float *bias, int64_t M,
                                 int accumulate) {
     const int64_t N = B->N, K = B->K, G = B->group < N ? B->group : N;
-    const int nthreads = gb_threads_for(M * N * K);
+    const int nthreads = stream_threads(M, N, K);
     const int64_t ngroups = (N + G - 1) / G;
-    int64_t nb = G;
-    if (ngroups < nthreads) nb = (G + nthreads - 1) / nthreads;
-    if (nb > GB_PLAIN_NB_MAX) nb = GB_PLAIN_NB_MAX;
+    /* pieces per group: enough for every thread and for the block cap, and (when it costs
+     * no more than a few narrower blocks) a total that the threads share evenly: the 50257
+     * columns of W_U in 7 blocks left one of two threads a block behind the other */
+    int64_t pieces = ngroups < nthreads ? (nthreads + ngroups - 1) / ngroups : 1;
+    if ((G + pieces - 1) / pieces > GB_PLAIN_NB_MAX) pieces = (G + GB_PLAIN_NB_MAX - 1) / GB_PLAIN_NB_MAX;
+    for (int extra = 0; extra < nthreads && (ngroups * pieces) % nthreads && pieces * 8 < G; extra++)
+        pieces++;
+    int64_t nb = (G + pieces - 1) / pieces;
     nb = (nb + 7) / 8 * 8;
     const int64_t per_group = (G + nb - 1) / nb, items = ngroups * per_group;
     const size_t bytes = (size_t)nthreads * 4 * (size_t)nb * sizeof(float);
@@ -458,7 +473,7 @@ static int gemm_dot_avx2(float *C, int64_t ldc, const float *A, int64_t lda,
     const int bf16 = B->dtype == GB_BF16;
     const gb_stop_flag *stop = gb_stop_token();
 #ifdef _OPENMP
-#pragma omp parallel for schedule(dynamic, 1) num_threads(gb_threads_for(M * N * B->K))
+#pragma omp parallel for schedule(dynamic, 1) num_threads(stream_threads(M, N, B->K))
 #endif
     for (int64_t blk = 0; blk < nblocks; blk++) {
         if (gb_stop_requested(stop)) continue; /* interrupted: C is discarded */
@@ -486,7 +501,7 @@ static int gemm_dot_blocks_avx2(float *C, int64_t ldc, const float *A, int64_t l
     const int64_t N = B->N, K = B->K, NB = 64, RB = 4, nblocks = (N + NB - 1) / NB;
     const int64_t rb = block_row_bytes(B);
     const uint8_t *data = (const uint8_t *)B->data;
-    const int nthreads = gb_threads_for(M * N * K);
+    const int nthreads = stream_threads(M, N, K);
     const size_t per_thread = ((size_t)(RB * K) + 15) / 16 * 16; /* 64 B multiples */
     const size_t bytes = (size_t)nthreads * per_thread * sizeof(float);
     float *owned, *bufs = scratch(bytes, &owned);

@@ -266,7 +266,8 @@ THREAD_SCRIPT = textwrap.dedent(
     h = hashlib.sha256()
     for isa in sys.argv[1:]:
         # the last four: few-row streaming paths split over both threads (weights count 8x
-        # toward the threshold), N over one 8192-column block in an odd count of blocks
+        # toward the threshold); the first two of them with N over 8192 columns, cut into an
+        # even number of blocks
         for M, K, N, trans in [(257, 700, 130, False), (5, 900, 333, True),
                                (64, 800, 1000, False), (1, 1000, 1500, False),
                                (1, 200, 17001, False), (4, 96, 50257, False), (1, 768, 768, True),
